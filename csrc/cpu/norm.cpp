@@ -1,0 +1,204 @@
+// LayerNorm / RMSNorm launchers for the CPU: view inputs as (rows, cols) without copying where
+// the strides allow, allocate outputs, and run the kernel built for this machine's instruction set.
+// Input checks happen before this, at the pybind11 boundary (csrc/bindings.cpp).
+#include "cpu/norm.h"
+
+#include <ATen/Version.h>
+
+#include <string>
+
+namespace zenattn::cpu {
+namespace {
+
+enum class Isa { DEFAULT, AVX2, AVX512 };
+
+// at::get_cpu_capability() names what ATen's own kernels use here (it honours the
+// ATEN_CPU_CAPABILITY environment variable), so ours follow the same choice.
+Isa runtime_isa() {
+  static const Isa isa = [] {
+    const std::string cap = at::get_cpu_capability();
+#if defined(ZENATTN_HAVE_ISA_AVX512)
+    if (cap.find("AVX512") != std::string::npos) return Isa::AVX512;
+#endif
+#if defined(ZENATTN_HAVE_ISA_AVX2)
+    if (cap.find("AVX2") != std::string::npos || cap.find("AVX512") != std::string::npos)
+      return Isa::AVX2;
+#endif
+    return Isa::DEFAULT;
+  }();
+  return isa;
+}
+
+void run_fwd(const NormFwdParams& p) {
+  switch (runtime_isa()) {
+#if defined(ZENATTN_HAVE_ISA_AVX512)
+    case Isa::AVX512: return AVX512::norm_fwd_kernel(p);
+#endif
+#if defined(ZENATTN_HAVE_ISA_AVX2)
+    case Isa::AVX2: return AVX2::norm_fwd_kernel(p);
+#endif
+    default: return DEFAULT::norm_fwd_kernel(p);
+  }
+}
+
+void run_bwd(const NormBwdParams& p) {
+  switch (runtime_isa()) {
+#if defined(ZENATTN_HAVE_ISA_AVX512)
+    case Isa::AVX512: return AVX512::norm_bwd_kernel(p);
+#endif
+#if defined(ZENATTN_HAVE_ISA_AVX2)
+    case Isa::AVX2: return AVX2::norm_bwd_kernel(p);
+#endif
+    default: return DEFAULT::norm_bwd_kernel(p);
+  }
+}
+
+// View t (..., cols) as (rows, cols) with a unit last stride: a view when the leading dims
+// collapse into one row stride (contiguous, row-sliced or row-expanded tensors), else a copy.
+at::Tensor as_rows(const at::Tensor& t, int64_t cols) {
+  const int64_t rows = cols == 0 ? 0 : t.numel() / cols;
+  at::Tensor m = t.reshape({rows, cols});
+  if (cols > 1 && m.stride(1) != 1) m = m.contiguous();
+  return m;
+}
+
+std::vector<int64_t> leading_shape(const at::Tensor& x) {
+  auto s = x.sizes().vec();
+  s.pop_back();
+  return s;
+}
+
+std::vector<at::Tensor> norm_fwd(const at::Tensor& x, const std::optional<at::Tensor>& weight,
+                                 const std::optional<at::Tensor>& bias,
+                                 const std::optional<at::Tensor>& residual, double eps, bool rms) {
+  const int64_t cols = x.size(-1);
+  const at::Tensor x2 = as_rows(x, cols);
+  const int64_t rows = x2.size(0);
+  const auto stat_dtype = at::toOpMathType(x.scalar_type());
+  at::Tensor y = at::empty(x.sizes(), x.options().memory_format(at::MemoryFormat::Contiguous));
+  at::Tensor mean = rms ? at::Tensor() : at::empty(leading_shape(x), x.options().dtype(stat_dtype));
+  at::Tensor rstd = at::empty(leading_shape(x), x.options().dtype(stat_dtype));
+
+  NormFwdParams p{};
+  p.dtype = x.scalar_type();
+  p.rms = rms;
+  p.rows = rows;
+  p.cols = cols;
+  p.eps = eps;
+  p.x = x2.data_ptr();
+  p.x_stride = x2.stride(0);
+  at::Tensor res2, sum;
+  if (residual.has_value()) {
+    res2 = as_rows(*residual, cols);
+    sum = at::empty(x.sizes(), y.options());
+    p.residual = res2.data_ptr();
+    p.residual_stride = res2.stride(0);
+    p.sum = sum.data_ptr();
+  }
+  // Weight and bias are 1-D and tiny: make them contiguous rather than carry a stride.
+  at::Tensor w = weight.has_value() ? weight->contiguous() : at::Tensor();
+  at::Tensor b = bias.has_value() ? bias->contiguous() : at::Tensor();
+  p.weight = w.defined() ? w.data_ptr() : nullptr;
+  p.bias = b.defined() ? b.data_ptr() : nullptr;
+  p.y = y.data_ptr();
+  p.mean = rms ? nullptr : mean.data_ptr();
+  p.rstd = rstd.data_ptr();
+  run_fwd(p);
+  if (rms) return {y, sum, rstd};
+  return {y, sum, mean, rstd};
+}
+
+std::vector<at::Tensor> norm_bwd(const at::Tensor& dy, const std::optional<at::Tensor>& dsum,
+                                 const at::Tensor& x, const std::optional<at::Tensor>& weight,
+                                 const std::optional<at::Tensor>& mean, const at::Tensor& rstd,
+                                 bool has_bias, bool rms) {
+  const int64_t cols = x.size(-1);
+  const at::Tensor x2 = as_rows(x, cols);
+  const at::Tensor dy2 = as_rows(dy, cols);
+  const int64_t rows = x2.size(0);
+  const auto stat_dtype = at::toOpMathType(x.scalar_type());
+  at::Tensor dx = at::empty(x.sizes(), x.options().memory_format(at::MemoryFormat::Contiguous));
+  const at::Tensor mean_c = mean.has_value() ? mean->contiguous() : at::Tensor();
+  const at::Tensor rstd_c = rstd.contiguous();
+
+  NormBwdParams p{};
+  p.dtype = x.scalar_type();
+  p.rms = rms;
+  p.rows = rows;
+  p.cols = cols;
+  p.dy = dy2.data_ptr();
+  p.dy_stride = dy2.stride(0);
+  at::Tensor ds2;
+  if (dsum.has_value()) {
+    ds2 = as_rows(*dsum, cols);
+    p.dsum = ds2.data_ptr();
+    p.dsum_stride = ds2.stride(0);
+  }
+  p.x = x2.data_ptr();
+  p.x_stride = x2.stride(0);
+  at::Tensor w = weight.has_value() ? weight->contiguous() : at::Tensor();
+  p.weight = w.defined() ? w.data_ptr() : nullptr;
+  p.mean = mean_c.defined() ? mean_c.data_ptr() : nullptr;
+  p.rstd = rstd_c.data_ptr();
+  p.dx = dx.data_ptr();
+  p.num_chunks = norm_bwd_num_chunks(rows);
+
+  at::Tensor dw, db, dw_part, db_part;
+  if (w.defined()) {
+    dw = at::empty({cols}, w.options());
+    dw_part = at::empty({p.num_chunks, cols}, x.options().dtype(stat_dtype));
+    p.dweight = dw.data_ptr();
+    p.dweight_partial = dw_part.data_ptr();
+  }
+  if (has_bias && !rms) {
+    db = at::empty({cols}, x.options());
+    db_part = at::empty({p.num_chunks, cols}, x.options().dtype(stat_dtype));
+    p.dbias = db.data_ptr();
+    p.dbias_partial = db_part.data_ptr();
+  }
+  run_bwd(p);
+  if (rms) return {dx, dw};
+  return {dx, dw, db};
+}
+
+}  // namespace
+
+int64_t norm_bwd_num_chunks(int64_t rows) {
+  // Enough chunks to keep many threads busy, few enough that zeroing and reducing the
+  // (chunks, cols) partials stays small next to the rows themselves.
+  constexpr int64_t kMaxChunks = 64;
+  return std::min(rows, kMaxChunks);
+}
+
+const char* kernel_isa() {
+  switch (runtime_isa()) {
+    case Isa::AVX512: return "AVX512";
+    case Isa::AVX2: return "AVX2";
+    default: return "DEFAULT";
+  }
+}
+
+std::vector<at::Tensor> layer_norm_fwd(const at::Tensor& x, const std::optional<at::Tensor>& weight,
+                                       const std::optional<at::Tensor>& bias,
+                                       const std::optional<at::Tensor>& residual, double eps) {
+  return norm_fwd(x, weight, bias, residual, eps, /*rms=*/false);
+}
+
+std::vector<at::Tensor> layer_norm_bwd(const at::Tensor& dy, const std::optional<at::Tensor>& dsum,
+                                       const at::Tensor& x, const std::optional<at::Tensor>& weight,
+                                       const at::Tensor& mean, const at::Tensor& rstd, bool has_bias) {
+  return norm_bwd(dy, dsum, x, weight, mean, rstd, has_bias, /*rms=*/false);
+}
+
+std::vector<at::Tensor> rms_norm_fwd(const at::Tensor& x, const std::optional<at::Tensor>& weight,
+                                     const std::optional<at::Tensor>& residual, double eps) {
+  return norm_fwd(x, weight, std::nullopt, residual, eps, /*rms=*/true);
+}
+
+std::vector<at::Tensor> rms_norm_bwd(const at::Tensor& dy, const std::optional<at::Tensor>& dsum,
+                                     const at::Tensor& x, const std::optional<at::Tensor>& weight,
+                                     const at::Tensor& rstd) {
+  return norm_bwd(dy, dsum, x, weight, std::nullopt, rstd, /*has_bias=*/false, /*rms=*/true);
+}
+
+}  // namespace zenattn::cpu

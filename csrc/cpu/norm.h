@@ -1,0 +1,92 @@
+// LayerNorm / RMSNorm on the CPU: the parameter structs shared by the launchers (norm.cpp) and
+// the kernels (norm_kernels.cpp, compiled once per instruction set), and the launcher API that
+// csrc/bindings.cpp exposes to Python.
+#pragma once
+
+#include <ATen/ATen.h>
+#include <ATen/OpMathType.h>
+
+#include <cstdint>
+#include <optional>
+#include <vector>
+
+namespace zenattn::cpu {
+
+// Forward over a (rows, cols) matrix, normalizing each row. Pointers are typed by `dtype`
+// (x, residual, weight, bias, y, sum) or by its opmath type (mean, rstd: float, or double for
+// double inputs). Row strides are in elements; the last dimension is contiguous.
+struct NormFwdParams {
+  at::ScalarType dtype;
+  bool rms;                      // RMSNorm (no centering, no bias) instead of LayerNorm
+  int64_t rows, cols;
+  double eps;
+  const void* x;                 // (rows, cols), row stride x_stride
+  int64_t x_stride;
+  const void* residual;          // (rows, cols) or null; when set, the rows normalized are x + residual
+  int64_t residual_stride;
+  const void* weight;            // (cols,) or null
+  const void* bias;              // (cols,) or null (always null for RMSNorm)
+  void* y;                       // (rows, cols) contiguous output
+  void* sum;                     // (rows, cols) contiguous x + residual, written iff residual
+  void* mean;                    // (rows,) opmath, or null for RMSNorm
+  void* rstd;                    // (rows,) opmath: 1 / sqrt(var + eps) (mean square for RMSNorm)
+};
+
+// Backward. `x` is the tensor that was normalized (x + residual when the residual was fused).
+// dw/db are reduced through fp32 (opmath) partials, one row per chunk of rows; chunks depend only
+// on the shape, so the result is bitwise repeatable whatever the thread count.
+struct NormBwdParams {
+  at::ScalarType dtype;
+  bool rms;
+  int64_t rows, cols;
+  const void* dy;                // (rows, cols), row stride dy_stride
+  int64_t dy_stride;
+  const void* dsum;              // (rows, cols) gradient of the returned sum, or null; added to dx
+  int64_t dsum_stride;
+  const void* x;                 // (rows, cols), row stride x_stride
+  int64_t x_stride;
+  const void* weight;            // (cols,) or null
+  const void* mean;              // (rows,) opmath, or null for RMSNorm
+  const void* rstd;              // (rows,) opmath
+  void* dx;                      // (rows, cols) contiguous
+  void* dweight;                 // (cols,) dtype, or null when there is no weight
+  void* dbias;                   // (cols,) dtype, or null when there is no bias
+  int64_t num_chunks;            // rows are split into this many contiguous chunks
+  void* dweight_partial;         // (num_chunks, cols) opmath scratch, or null
+  void* dbias_partial;           // (num_chunks, cols) opmath scratch, or null
+};
+
+// Number of row chunks for the weight/bias gradient partials (a function of the shape only).
+int64_t norm_bwd_num_chunks(int64_t rows);
+
+// One kernel set per instruction set; see CMakeLists.txt.
+#define ZENATTN_DECLARE_NORM_KERNELS(ISA)         \
+  namespace ISA {                                 \
+  void norm_fwd_kernel(const NormFwdParams& p);   \
+  void norm_bwd_kernel(const NormBwdParams& p);   \
+  }
+ZENATTN_DECLARE_NORM_KERNELS(DEFAULT)
+ZENATTN_DECLARE_NORM_KERNELS(AVX2)
+ZENATTN_DECLARE_NORM_KERNELS(AVX512)
+#undef ZENATTN_DECLARE_NORM_KERNELS
+
+// Launchers: flatten to (rows, cols), allocate outputs, run the kernel for this machine's ISA.
+// Inputs are already checked (csrc/bindings.cpp). Absent outputs are returned as undefined tensors.
+//   layer_norm_fwd -> {y, sum, mean, rstd}      rms_norm_fwd -> {y, sum, rstd}
+//   layer_norm_bwd -> {dx, dweight, dbias}      rms_norm_bwd -> {dx, dweight}
+std::vector<at::Tensor> layer_norm_fwd(const at::Tensor& x, const std::optional<at::Tensor>& weight,
+                                       const std::optional<at::Tensor>& bias,
+                                       const std::optional<at::Tensor>& residual, double eps);
+std::vector<at::Tensor> layer_norm_bwd(const at::Tensor& dy, const std::optional<at::Tensor>& dsum,
+                                       const at::Tensor& x, const std::optional<at::Tensor>& weight,
+                                       const at::Tensor& mean, const at::Tensor& rstd, bool has_bias);
+std::vector<at::Tensor> rms_norm_fwd(const at::Tensor& x, const std::optional<at::Tensor>& weight,
+                                     const std::optional<at::Tensor>& residual, double eps);
+std::vector<at::Tensor> rms_norm_bwd(const at::Tensor& dy, const std::optional<at::Tensor>& dsum,
+                                     const at::Tensor& x, const std::optional<at::Tensor>& weight,
+                                     const at::Tensor& rstd);
+
+// The instruction set whose kernels run here: "DEFAULT", "AVX2" or "AVX512".
+const char* kernel_isa();
+
+}  // namespace zenattn::cpu

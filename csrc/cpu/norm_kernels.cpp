@@ -1,0 +1,365 @@
+// LayerNorm / RMSNorm row kernels for the CPU, vectorized with ATen's at::vec and threaded with
+// at::parallel_for. This file is compiled once per instruction set (CMakeLists.txt defines
+// CPU_CAPABILITY = DEFAULT | AVX2 | AVX512), so everything here lives in zenattn::cpu::<ISA>.
+//
+// Numerics: statistics in the opmath type (fp32 for fp16/bf16/fp32, fp64 for fp64).
+//  - LayerNorm mean is taken of (x - x[0]) and the variance of (x - x[0]) - mean(x - x[0]): shifting
+//    by a value of the row keeps rows with a large common offset (mean 1e6, std 1) exact enough,
+//    where a plain sum of x would lose every digit of the deviation.
+//  - Constant rows have variance exactly 0, so y = bias (finite for any eps > 0).
+#include "cpu/norm.h"
+
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <ATen/cpu/vec/functional.h>
+#include <ATen/cpu/vec/vec.h>
+
+#include <cmath>
+#include <type_traits>
+
+namespace zenattn::cpu {
+namespace CPU_CAPABILITY {
+namespace {
+
+using at::vec::Vectorized;
+
+// Loads and stores one "step" of a row: Vectorized<T>::size() elements of T, seen as kVecs
+// vectors of the opmath type (2 for fp16/bf16, whose vectors hold twice as many lanes as fp32).
+template <typename T>
+struct Step {
+  using A = at::opmath_type<T>;
+  using AVec = Vectorized<A>;
+  static constexpr bool kReduced = !std::is_same_v<T, A>;
+  static constexpr int kVecs = kReduced ? 2 : 1;
+  static constexpr int64_t kSize = Vectorized<T>::size();
+  static_assert(kSize == kVecs * AVec::size(), "unexpected vector widths");
+
+  static inline void load(const T* p, AVec (&v)[kVecs]) {
+    if constexpr (kReduced) {
+      auto [lo, hi] = at::vec::convert_to_float<T>(Vectorized<T>::loadu(p));
+      v[0] = lo;
+      v[1] = hi;
+    } else {
+      v[0] = AVec::loadu(p);
+    }
+  }
+  static inline void store(T* p, const AVec (&v)[kVecs]) {
+    if constexpr (kReduced) {
+      at::vec::convert_from_float<T>(v[0], v[1]).store(p);
+    } else {
+      v[0].store(p);
+    }
+  }
+};
+
+template <typename A>
+inline A hsum(const Vectorized<A>& v) {
+  alignas(64) A lanes[Vectorized<A>::size()];
+  v.store(lanes);
+  A s = 0;
+  for (int i = 0; i < Vectorized<A>::size(); ++i) s += lanes[i];
+  return s;
+}
+
+// Calls f(std::integral_constant<bool, cond>{}) so `cond` becomes a compile-time constant.
+template <typename F>
+inline void bool_switch(bool cond, F&& f) {
+  if (cond) {
+    f(std::true_type{});
+  } else {
+    f(std::false_type{});
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Forward: rows [r0, r1).
+// ---------------------------------------------------------------------------------------------
+template <typename T, bool kRms, bool kResidual, bool kWeight, bool kBias>
+void norm_fwd_rows(const NormFwdParams& p, int64_t r0, int64_t r1) {
+  using S = Step<T>;
+  using A = typename S::A;
+  using AVec = typename S::AVec;
+  constexpr int V = S::kVecs;
+  const int64_t N = p.cols;
+  const int64_t n_vec = N - N % S::kSize;  // elements handled by full vector steps
+  const T* w = static_cast<const T*>(p.weight);
+  const T* b = static_cast<const T*>(p.bias);
+
+  for (int64_t r = r0; r < r1; ++r) {
+    const T* x = static_cast<const T*>(p.x) + r * p.x_stride;
+    T* y = static_cast<T*>(p.y) + r * N;
+
+    // Step 1 (pre-norm residual): s = x + residual, stored in T; the stored (rounded) sum is what
+    // gets normalized, exactly like `layer_norm(x + residual)` in T.
+    if constexpr (kResidual) {
+      const T* res = static_cast<const T*>(p.residual) + r * p.residual_stride;
+      T* s = static_cast<T*>(p.sum) + r * N;
+      int64_t j = 0;
+      for (; j < n_vec; j += S::kSize) {
+        AVec a[V], c[V];
+        S::load(x + j, a);
+        S::load(res + j, c);
+        for (int v = 0; v < V; ++v) a[v] = a[v] + c[v];
+        S::store(s + j, a);
+      }
+      for (; j < N; ++j) s[j] = static_cast<T>(static_cast<A>(x[j]) + static_cast<A>(res[j]));
+      x = s;
+    }
+
+    // Step 2: statistics. shift = x[0] for LayerNorm (see the file comment), 0 for RMSNorm.
+    const A shift = kRms ? A(0) : static_cast<A>(x[0]);
+    A delta = 0;  // mean(x - shift)
+    if constexpr (!kRms) {
+      AVec acc[V] = {}, shift_v(shift);
+      int64_t j = 0;
+      for (; j < n_vec; j += S::kSize) {
+        AVec a[V];
+        S::load(x + j, a);
+        for (int v = 0; v < V; ++v) acc[v] = acc[v] + (a[v] - shift_v);
+      }
+      A total = 0;
+      for (int v = 0; v < V; ++v) total += hsum(acc[v]);
+      for (; j < N; ++j) total += static_cast<A>(x[j]) - shift;
+      delta = total / static_cast<A>(N);
+    }
+    const A center = shift + delta;  // the row mean
+    A sq = 0;
+    {
+      AVec acc[V] = {}, shift_v(shift), delta_v(delta);
+      int64_t j = 0;
+      for (; j < n_vec; j += S::kSize) {
+        AVec a[V];
+        S::load(x + j, a);
+        for (int v = 0; v < V; ++v) {
+          AVec c = kRms ? a[v] : (a[v] - shift_v) - delta_v;
+          acc[v] = at::vec::fmadd(c, c, acc[v]);
+        }
+      }
+      for (int v = 0; v < V; ++v) sq += hsum(acc[v]);
+      for (; j < N; ++j) {
+        A c = kRms ? static_cast<A>(x[j]) : (static_cast<A>(x[j]) - shift) - delta;
+        sq += c * c;
+      }
+    }
+    const A var = sq / static_cast<A>(N);
+    const A rstd = A(1) / std::sqrt(var + static_cast<A>(p.eps));
+    if constexpr (!kRms) static_cast<A*>(p.mean)[r] = center;
+    static_cast<A*>(p.rstd)[r] = rstd;
+
+    // Step 3: y = (x - mean) * rstd * w + b.
+    {
+      AVec shift_v(shift), delta_v(delta), rstd_v(rstd);
+      int64_t j = 0;
+      for (; j < n_vec; j += S::kSize) {
+        AVec a[V], wv[V], bv[V];
+        S::load(x + j, a);
+        if constexpr (kWeight) S::load(w + j, wv);
+        if constexpr (kBias) S::load(b + j, bv);
+        for (int v = 0; v < V; ++v) {
+          AVec c = kRms ? a[v] : (a[v] - shift_v) - delta_v;
+          c = c * rstd_v;
+          if constexpr (kWeight) c = c * wv[v];
+          if constexpr (kBias) c = c + bv[v];
+          a[v] = c;
+        }
+        S::store(y + j, a);
+      }
+      for (; j < N; ++j) {
+        A c = kRms ? static_cast<A>(x[j]) : (static_cast<A>(x[j]) - shift) - delta;
+        c = c * rstd;
+        if constexpr (kWeight) c = c * static_cast<A>(w[j]);
+        if constexpr (kBias) c = c + static_cast<A>(b[j]);
+        y[j] = static_cast<T>(c);
+      }
+    }
+  }
+}
+
+template <typename T>
+void norm_fwd_typed(const NormFwdParams& p) {
+  // At least ~32k elements per task so small problems do not pay for waking threads.
+  const int64_t grain = std::max<int64_t>(1, at::internal::GRAIN_SIZE / std::max<int64_t>(1, p.cols));
+  bool_switch(p.rms, [&](auto rms) {
+    bool_switch(p.residual != nullptr, [&](auto res) {
+      bool_switch(p.weight != nullptr, [&](auto w) {
+        bool_switch(p.bias != nullptr && !rms, [&](auto b) {
+          at::parallel_for(0, p.rows, grain, [&](int64_t r0, int64_t r1) {
+            norm_fwd_rows<T, rms, res, w, b>(p, r0, r1);
+          });
+        });
+      });
+    });
+  });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Backward: rows [r0, r1), accumulating dw/db into one partial row (this chunk's).
+//   xhat = (x - mean) * rstd,  g = dy * w
+//   dx   = rstd * (g - xhat * mean(g * xhat) - mean(g))     (RMSNorm: no mean(g) term)
+//   dw  += dy * xhat,          db += dy
+// ---------------------------------------------------------------------------------------------
+template <typename T, bool kRms, bool kWeight, bool kBias, bool kDsum>
+void norm_bwd_rows(const NormBwdParams& p, int64_t r0, int64_t r1,
+                   at::opmath_type<T>* dw_part, at::opmath_type<T>* db_part) {
+  using S = Step<T>;
+  using A = typename S::A;
+  using AVec = typename S::AVec;
+  constexpr int V = S::kVecs;
+  constexpr int L = AVec::size();
+  const int64_t N = p.cols;
+  const int64_t n_vec = N - N % S::kSize;
+  const A inv_n = A(1) / static_cast<A>(N);
+  const T* w = static_cast<const T*>(p.weight);
+
+  for (int64_t r = r0; r < r1; ++r) {
+    const T* x = static_cast<const T*>(p.x) + r * p.x_stride;
+    const T* dy = static_cast<const T*>(p.dy) + r * p.dy_stride;
+    T* dx = static_cast<T*>(p.dx) + r * N;
+    const A mean = kRms ? A(0) : static_cast<const A*>(p.mean)[r];
+    const A rstd = static_cast<const A*>(p.rstd)[r];
+    const AVec mean_v(mean), rstd_v(rstd);
+
+    // Pass 1: the two row sums, and this row's share of dw/db.
+    A sum_gx = 0, sum_g = 0;
+    {
+      AVec acc_gx[V] = {}, acc_g[V] = {};
+      int64_t j = 0;
+      for (; j < n_vec; j += S::kSize) {
+        AVec xv[V], dyv[V], wv[V];
+        S::load(x + j, xv);
+        S::load(dy + j, dyv);
+        if constexpr (kWeight) S::load(w + j, wv);
+        for (int v = 0; v < V; ++v) {
+          AVec xhat = (xv[v] - mean_v) * rstd_v;
+          AVec g = kWeight ? dyv[v] * wv[v] : dyv[v];
+          acc_gx[v] = at::vec::fmadd(g, xhat, acc_gx[v]);
+          if constexpr (!kRms) acc_g[v] = acc_g[v] + g;
+          if constexpr (kWeight) {
+            A* pw = dw_part + j + v * L;
+            at::vec::fmadd(dyv[v], xhat, AVec::loadu(pw)).store(pw);
+          }
+          if constexpr (kBias) {
+            A* pb = db_part + j + v * L;
+            (AVec::loadu(pb) + dyv[v]).store(pb);
+          }
+        }
+      }
+      for (int v = 0; v < V; ++v) {
+        sum_gx += hsum(acc_gx[v]);
+        sum_g += hsum(acc_g[v]);
+      }
+      for (; j < N; ++j) {
+        const A xhat = (static_cast<A>(x[j]) - mean) * rstd;
+        const A d = static_cast<A>(dy[j]);
+        const A g = kWeight ? d * static_cast<A>(w[j]) : d;
+        sum_gx += g * xhat;
+        if constexpr (!kRms) sum_g += g;
+        if constexpr (kWeight) dw_part[j] += d * xhat;
+        if constexpr (kBias) db_part[j] += d;
+      }
+    }
+    const A c1 = sum_gx * inv_n;
+    const A c2 = kRms ? A(0) : sum_g * inv_n;
+
+    // Pass 2: dx (+ the gradient that reached the fused residual sum directly).
+    {
+      const T* ds = kDsum ? static_cast<const T*>(p.dsum) + r * p.dsum_stride : nullptr;
+      const AVec c1_v(c1), c2_v(c2);
+      int64_t j = 0;
+      for (; j < n_vec; j += S::kSize) {
+        AVec xv[V], dyv[V], wv[V], dsv[V];
+        S::load(x + j, xv);
+        S::load(dy + j, dyv);
+        if constexpr (kWeight) S::load(w + j, wv);
+        if constexpr (kDsum) S::load(ds + j, dsv);
+        for (int v = 0; v < V; ++v) {
+          AVec xhat = (xv[v] - mean_v) * rstd_v;
+          AVec g = kWeight ? dyv[v] * wv[v] : dyv[v];
+          AVec d = (g - xhat * c1_v - c2_v) * rstd_v;
+          if constexpr (kDsum) d = d + dsv[v];
+          xv[v] = d;
+        }
+        S::store(dx + j, xv);
+      }
+      for (; j < N; ++j) {
+        const A xhat = (static_cast<A>(x[j]) - mean) * rstd;
+        const A d = static_cast<A>(dy[j]);
+        const A g = kWeight ? d * static_cast<A>(w[j]) : d;
+        A out = (g - xhat * c1 - c2) * rstd;
+        if constexpr (kDsum) out += static_cast<A>(ds[j]);
+        dx[j] = static_cast<T>(out);
+      }
+    }
+  }
+}
+
+// dst[j] = sum over chunks c (in order) of part[c * N + j], converted to T.
+template <typename T>
+void reduce_partials(const at::opmath_type<T>* part, int64_t chunks, int64_t N, T* dst) {
+  using A = at::opmath_type<T>;
+  using AVec = Vectorized<A>;
+  constexpr int64_t L = AVec::size();
+  at::parallel_for(0, N, 1024, [&](int64_t c0, int64_t c1) {
+    int64_t j = c0;
+    for (; j + L <= c1; j += L) {
+      AVec acc(A(0));
+      for (int64_t c = 0; c < chunks; ++c) acc = acc + AVec::loadu(part + c * N + j);
+      alignas(64) A lanes[L];
+      acc.store(lanes);
+      for (int64_t l = 0; l < L; ++l) dst[j + l] = static_cast<T>(lanes[l]);
+    }
+    for (; j < c1; ++j) {
+      A acc = 0;
+      for (int64_t c = 0; c < chunks; ++c) acc += part[c * N + j];
+      dst[j] = static_cast<T>(acc);
+    }
+  });
+}
+
+template <typename T>
+void norm_bwd_typed(const NormBwdParams& p) {
+  using A = at::opmath_type<T>;
+  const int64_t rows_per_chunk = (p.rows + p.num_chunks - 1) / std::max<int64_t>(1, p.num_chunks);
+  A* dw_part = static_cast<A*>(p.dweight_partial);
+  A* db_part = static_cast<A*>(p.dbias_partial);
+  bool_switch(p.rms, [&](auto rms) {
+    bool_switch(p.weight != nullptr, [&](auto w) {
+      bool_switch(p.dbias != nullptr && !rms, [&](auto b) {
+        bool_switch(p.dsum != nullptr, [&](auto ds) {
+          // One task per chunk of rows; each chunk owns one partial row of dw/db.
+          at::parallel_for(0, p.num_chunks, 1, [&](int64_t k0, int64_t k1) {
+            for (int64_t k = k0; k < k1; ++k) {
+              A* dwk = w ? dw_part + k * p.cols : nullptr;
+              A* dbk = b ? db_part + k * p.cols : nullptr;
+              if (dwk) std::fill(dwk, dwk + p.cols, A(0));
+              if (dbk) std::fill(dbk, dbk + p.cols, A(0));
+              const int64_t r0 = k * rows_per_chunk;
+              const int64_t r1 = std::min(p.rows, r0 + rows_per_chunk);
+              norm_bwd_rows<T, rms, w, b, ds>(p, r0, r1, dwk, dbk);
+            }
+          });
+        });
+      });
+    });
+  });
+  if (p.dweight) reduce_partials<T>(dw_part, p.num_chunks, p.cols, static_cast<T*>(p.dweight));
+  if (p.dbias) reduce_partials<T>(db_part, p.num_chunks, p.cols, static_cast<T*>(p.dbias));
+}
+
+}  // namespace
+
+void norm_fwd_kernel(const NormFwdParams& p) {
+  if (p.rows == 0 || p.cols == 0) return;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, p.dtype, "zenattn norm_fwd",
+                                  [&] { norm_fwd_typed<scalar_t>(p); });
+}
+
+void norm_bwd_kernel(const NormBwdParams& p) {
+  if (p.cols == 0) return;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, p.dtype, "zenattn norm_bwd",
+                                  [&] { norm_bwd_typed<scalar_t>(p); });
+}
+
+}  // namespace CPU_CAPABILITY
+}  // namespace zenattn::cpu
