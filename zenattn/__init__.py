@@ -1,1 +1,49 @@
-from .version import __version__
+"""zenattn: fused attention and normalization kernels for PyTorch.
+
+    import zenattn
+    y = zenattn.layer_norm(x, (hidden,), weight, bias)
+    ln = zenattn.nn.LayerNorm(hidden)          # drop-in for torch.nn.LayerNorm
+    print(zenattn.info())                      # what is built and usable here
+    print(zenattn.explain("layer_norm", x))    # which backend would run, and why
+
+Importing never fails because a backend is missing: ``zenattn.info()`` says what is absent.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from zenattn.version import __version__
+from zenattn import backends, reference
+from zenattn import ops  # noqa: F401  (registers the zenattn:: torch.library ops)
+from zenattn.backends import BackendUnavailableError
+from zenattn.functional import layer_norm, rms_norm
+from zenattn import nn  # noqa: E402
+
+__all__ = ["__version__", "layer_norm", "rms_norm", "nn", "info", "explain", "reference",
+           "backends", "BackendUnavailableError"]
+
+
+def info() -> dict:
+    """Version, the compiled extension's build facts, and each backend's status here."""
+    ext, why = backends._extension()
+    try:
+        import triton
+        triton_version = triton.__version__
+    except ImportError:
+        triton_version = None
+    return {
+        "zenattn": __version__,
+        "torch": torch.__version__,
+        "triton": triton_version,
+        "extension": ext.build_info() if ext is not None else {"error": why},
+        "backends": {name: {"built": s.built, "usable": s.usable, "reason": s.reason}
+                     for name in backends.ALL_BACKENDS for s in [backends.status(name)]},
+    }
+
+
+def explain(op: str, *tensors: Optional[torch.Tensor], backend: Optional[str] = None) -> str:
+    """Which backend would run ``op`` (``"layer_norm"``, ``"rms_norm"``) on these tensors, and why."""
+    return f"zenattn {op}: " + backends.select(op, *tensors, backend=backend).describe()

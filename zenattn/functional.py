@@ -1,0 +1,148 @@
+"""zenattn's public functions. Same signatures as their ``torch.nn.functional`` twins, plus
+keyword-only extras (``residual=``, ``backend=``).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional, Sequence, Union
+
+import torch
+from torch import Tensor
+
+from zenattn import backends, reference
+from zenattn.ops import norm as norm_ops
+
+ShapeLike = Union[int, Sequence[int], torch.Size]
+
+
+def _normalized_shape(normalized_shape: ShapeLike) -> tuple[int, ...]:
+    if isinstance(normalized_shape, int):
+        return (normalized_shape,)
+    return tuple(int(d) for d in normalized_shape)
+
+
+def _check_norm_args(fn: str, x: Tensor, shape: tuple[int, ...], **params: Optional[Tensor]) -> None:
+    """Errors that name the problem, shared by every backend (they see a flattened last dim)."""
+    if not isinstance(x, Tensor):
+        raise TypeError(f"zenattn.{fn}: input must be a Tensor, got {type(x).__name__}")
+    if len(shape) == 0:
+        raise ValueError(f"zenattn.{fn}: normalized_shape must have at least one dimension")
+    if x.dim() < len(shape) or tuple(x.shape[x.dim() - len(shape):]) != shape:
+        raise RuntimeError(f"zenattn.{fn}: given normalized_shape={list(shape)}, expected input with "
+                           f"shape [*, {', '.join(map(str, shape))}], but got input of size {list(x.shape)}")
+    for name, t in params.items():
+        if t is None:
+            continue
+        if name == "residual":
+            if t.shape != x.shape:
+                raise RuntimeError(f"zenattn.{fn}: residual has shape {list(t.shape)} but input has "
+                                   f"shape {list(x.shape)}; they must match")
+        elif tuple(t.shape) != shape:
+            raise RuntimeError(f"zenattn.{fn}: {name} has shape {list(t.shape)}, expected "
+                               f"normalized_shape {list(shape)}")
+        if t.device != x.device:
+            raise RuntimeError(f"zenattn.{fn}: {name} is on {t.device} but input is on {x.device}")
+        if t.dtype != x.dtype:
+            raise RuntimeError(f"zenattn.{fn}: {name} has dtype {t.dtype} but input has dtype "
+                               f"{x.dtype}; they must match")
+
+
+def _autocast_to_fp32(x: Tensor) -> bool:
+    """Torch's autocast runs layer_norm / rms_norm in float32; so do we."""
+    try:
+        return torch.is_autocast_enabled(x.device.type)
+    except TypeError:  # torch < 2.4 took no device argument
+        return torch.is_autocast_enabled() if x.is_cuda else torch.is_autocast_cpu_enabled()
+
+
+def _fp32(*ts: Optional[Tensor]) -> list[Optional[Tensor]]:
+    return [None if t is None else t.float() for t in ts]
+
+
+def layer_norm(
+    input: Tensor,
+    normalized_shape: ShapeLike,
+    weight: Optional[Tensor] = None,
+    bias: Optional[Tensor] = None,
+    eps: float = 1e-5,
+    *,
+    residual: Optional[Tensor] = None,
+    backend: Optional[str] = None,
+) -> Union[Tensor, tuple[Tensor, Tensor]]:
+    """Layer normalization over the trailing ``normalized_shape`` dims, like ``F.layer_norm``.
+
+    Args:
+        input: ``(*, *normalized_shape)``, float32/float16/bfloat16/float64; any strides.
+        weight, bias: ``normalized_shape``, same dtype and device as ``input``, or None.
+        eps: added to the variance.
+        residual: optional tensor shaped like ``input``. When given, the fused pre-norm step:
+            ``s = input + residual`` (in input's dtype) is normalized and the result is
+            ``(layer_norm(s), s)``.
+        backend: ``"cpu"``, ``"triton"``, ``"cuda"``, ``"torch"`` or None for the automatic choice
+            (``ZENATTN_BACKEND`` overrides it); see :func:`zenattn.explain`.
+
+    Returns:
+        ``y`` shaped like ``input`` (contiguous), or ``(y, s)`` when ``residual`` is given.
+        Mean and variance are computed in float32 (float64 for float64 input).
+    """
+    shape = _normalized_shape(normalized_shape)
+    _check_norm_args("layer_norm", input, shape, weight=weight, bias=bias, residual=residual)
+    if _autocast_to_fp32(input):
+        input, weight, bias, residual = _fp32(input, weight, bias, residual)
+    choice = backends.select("layer_norm", input, weight, bias, residual, backend=backend)
+    if choice.backend == "torch":
+        return reference.layer_norm_ref(input, shape, weight, bias, eps, residual=residual, upcast=True)
+
+    n = math.prod(shape)
+    lead = input.shape[: input.dim() - len(shape)]
+    flat = (lambda t: t.reshape(*lead, n)) if len(shape) > 1 else (lambda t: t)
+    y, s, _, _ = norm_ops.layer_norm_fwd(
+        flat(input),
+        None if weight is None else weight.reshape(n),
+        None if bias is None else bias.reshape(n),
+        None if residual is None else flat(residual),
+        float(eps),
+        choice.backend,
+    )
+    y = y.view(input.shape)
+    return y if residual is None else (y, s.view(input.shape))
+
+
+def rms_norm(
+    input: Tensor,
+    normalized_shape: ShapeLike,
+    weight: Optional[Tensor] = None,
+    eps: Optional[float] = None,
+    *,
+    residual: Optional[Tensor] = None,
+    backend: Optional[str] = None,
+) -> Union[Tensor, tuple[Tensor, Tensor]]:
+    """RMS normalization over the trailing ``normalized_shape`` dims, like ``F.rms_norm``.
+
+    ``y = s / sqrt(mean(s^2) + eps) * weight`` with ``s = input`` (or ``input + residual``, and then
+    ``(y, s)`` is returned). ``eps=None`` means ``torch.finfo(input.dtype).eps``, as in torch.
+    Shapes, dtypes and ``backend`` as in :func:`layer_norm`.
+    """
+    shape = _normalized_shape(normalized_shape)
+    _check_norm_args("rms_norm", input, shape, weight=weight, residual=residual)
+    if _autocast_to_fp32(input):
+        input, weight, residual = _fp32(input, weight, residual)
+    if eps is None:
+        eps = torch.finfo(input.dtype).eps
+    choice = backends.select("rms_norm", input, weight, residual, backend=backend)
+    if choice.backend == "torch":
+        return reference.rms_norm_ref(input, shape, weight, eps, residual=residual, upcast=True)
+
+    n = math.prod(shape)
+    lead = input.shape[: input.dim() - len(shape)]
+    flat = (lambda t: t.reshape(*lead, n)) if len(shape) > 1 else (lambda t: t)
+    y, s, _ = norm_ops.rms_norm_fwd(
+        flat(input),
+        None if weight is None else weight.reshape(n),
+        None if residual is None else flat(residual),
+        float(eps),
+        choice.backend,
+    )
+    y = y.view(input.shape)
+    return y if residual is None else (y, s.view(input.shape))

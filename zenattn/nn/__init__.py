@@ -1,0 +1,5 @@
+"""Drop-in ``torch.nn`` modules backed by zenattn kernels."""
+
+from zenattn.nn.normalization import LayerNorm, RMSNorm
+
+__all__ = ["LayerNorm", "RMSNorm"]

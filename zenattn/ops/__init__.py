@@ -1,0 +1,6 @@
+"""torch.library registrations (namespace ``zenattn``): one op per kernel entry point.
+
+Importing this package registers every op; see each module's docstring for the schemas.
+"""
+
+from zenattn.ops import norm  # noqa: F401  (registers zenattn::layer_norm_* and rms_norm_*)

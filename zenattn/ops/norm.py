@@ -1,0 +1,143 @@
+"""LayerNorm / RMSNorm as ``torch.library`` ops in the ``zenattn`` namespace.
+
+    zenattn::layer_norm_fwd(x, weight?, bias?, residual?, eps, backend) -> (y, sum, mean, rstd)
+    zenattn::layer_norm_bwd(dy, dsum?, x, weight?, mean, rstd, has_bias, backend) -> (dx, dweight, dbias)
+    zenattn::rms_norm_fwd(x, weight?, residual?, eps, backend) -> (y, sum, rstd)
+    zenattn::rms_norm_bwd(dy, dsum?, x, weight?, rstd, backend) -> (dx, dweight)
+
+Shapes: x, residual, y, sum, dy, dx (..., N), normalized over the last dim; weight, bias (N,);
+mean, rstd x.shape[:-1] in float32 (float64 for float64 input). ``backend`` names which kernels
+run (zenattn.backends); every backend implements these same launcher signatures, so this one
+autograd registration serves them all. In the backward, ``x`` is the tensor that was normalized
+(``x + residual`` when the residual add was fused) and ``dsum`` the gradient of the returned sum.
+
+A custom op cannot return "no tensor", so an absent output (``sum`` without a residual,
+``dweight`` without a weight, ``dbias`` without a bias) is a 0-element placeholder tensor.
+Each op has a fake (meta) implementation, so ``torch.compile(fullgraph=True)`` traces them.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from zenattn import backends
+
+
+def _stat_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _or_empty(t: Optional[Tensor], like: Tensor) -> Tensor:
+    return like.new_empty(0) if t is None else t
+
+
+# ---- LayerNorm ------------------------------------------------------------------------------
+
+@torch.library.custom_op("zenattn::layer_norm_fwd", mutates_args=())
+def layer_norm_fwd(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
+                   residual: Optional[Tensor], eps: float, backend: str
+                   ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    y, s, mean, rstd = backends.launchers(backend, "layer_norm").layer_norm_fwd(
+        x, weight, bias, residual, eps)
+    return y, _or_empty(s, x), mean, rstd
+
+
+@layer_norm_fwd.register_fake
+def _(x, weight, bias, residual, eps, backend):
+    stats = x.new_empty(x.shape[:-1], dtype=_stat_dtype(x.dtype))
+    s = torch.empty_like(x, memory_format=torch.contiguous_format) if residual is not None else x.new_empty(0)
+    return (torch.empty_like(x, memory_format=torch.contiguous_format), s, stats, torch.empty_like(stats))
+
+
+@torch.library.custom_op("zenattn::layer_norm_bwd", mutates_args=())
+def layer_norm_bwd(dy: Tensor, dsum: Optional[Tensor], x: Tensor, weight: Optional[Tensor],
+                   mean: Tensor, rstd: Tensor, has_bias: bool, backend: str
+                   ) -> tuple[Tensor, Tensor, Tensor]:
+    dx, dw, db = backends.launchers(backend, "layer_norm").layer_norm_bwd(
+        dy, dsum, x, weight, mean, rstd, has_bias)
+    return dx, _or_empty(dw, x), _or_empty(db, x)
+
+
+@layer_norm_bwd.register_fake
+def _(dy, dsum, x, weight, mean, rstd, has_bias, backend):
+    n = x.shape[-1]
+    dw = x.new_empty(n) if weight is not None else x.new_empty(0)
+    db = x.new_empty(n) if has_bias else x.new_empty(0)
+    return torch.empty_like(x, memory_format=torch.contiguous_format), dw, db
+
+
+def _layer_norm_setup(ctx, inputs, output):
+    x, weight, bias, residual, eps, backend = inputs
+    _, s, mean, rstd = output
+    ctx.save_for_backward(s if residual is not None else x, weight, mean, rstd)
+    ctx.has_bias = bias is not None
+    ctx.has_residual = residual is not None
+    ctx.backend = backend
+
+
+def _layer_norm_backward(ctx, dy, dsum, _dmean, _drstd):
+    normed, weight, mean, rstd = ctx.saved_tensors
+    dsum = dsum if ctx.has_residual else None
+    dx, dw, db = layer_norm_bwd(dy, dsum, normed, weight, mean, rstd, ctx.has_bias, ctx.backend)
+    return (dx, dw if weight is not None else None, db if ctx.has_bias else None,
+            dx if ctx.has_residual else None, None, None)
+
+
+torch.library.register_autograd("zenattn::layer_norm_fwd", _layer_norm_backward,
+                                setup_context=_layer_norm_setup)
+
+
+# ---- RMSNorm --------------------------------------------------------------------------------
+
+@torch.library.custom_op("zenattn::rms_norm_fwd", mutates_args=())
+def rms_norm_fwd(x: Tensor, weight: Optional[Tensor], residual: Optional[Tensor], eps: float,
+                 backend: str) -> tuple[Tensor, Tensor, Tensor]:
+    y, s, rstd = backends.launchers(backend, "rms_norm").rms_norm_fwd(x, weight, residual, eps)
+    return y, _or_empty(s, x), rstd
+
+
+@rms_norm_fwd.register_fake
+def _(x, weight, residual, eps, backend):
+    rstd = x.new_empty(x.shape[:-1], dtype=_stat_dtype(x.dtype))
+    s = torch.empty_like(x, memory_format=torch.contiguous_format) if residual is not None else x.new_empty(0)
+    return torch.empty_like(x, memory_format=torch.contiguous_format), s, rstd
+
+
+@torch.library.custom_op("zenattn::rms_norm_bwd", mutates_args=())
+def rms_norm_bwd(dy: Tensor, dsum: Optional[Tensor], x: Tensor, weight: Optional[Tensor],
+                 rstd: Tensor, backend: str) -> tuple[Tensor, Tensor]:
+    dx, dw = backends.launchers(backend, "rms_norm").rms_norm_bwd(dy, dsum, x, weight, rstd)
+    return dx, _or_empty(dw, x)
+
+
+@rms_norm_bwd.register_fake
+def _(dy, dsum, x, weight, rstd, backend):
+    dw = x.new_empty(x.shape[-1]) if weight is not None else x.new_empty(0)
+    return torch.empty_like(x, memory_format=torch.contiguous_format), dw
+
+
+def _rms_norm_setup(ctx, inputs, output):
+    x, weight, residual, eps, backend = inputs
+    _, s, rstd = output
+    ctx.save_for_backward(s if residual is not None else x, weight, rstd)
+    ctx.has_residual = residual is not None
+    ctx.backend = backend
+
+
+def _rms_norm_backward(ctx, dy, dsum, _drstd):
+    normed, weight, rstd = ctx.saved_tensors
+    dsum = dsum if ctx.has_residual else None
+    dx, dw = rms_norm_bwd(dy, dsum, normed, weight, rstd, ctx.backend)
+    return dx, dw if weight is not None else None, dx if ctx.has_residual else None, None, None
+
+
+torch.library.register_autograd("zenattn::rms_norm_fwd", _rms_norm_backward,
+                                setup_context=_rms_norm_setup)
+
+
+# ---- the C++ CPU backend implements both families with exactly these signatures ----------------
+backends.register("cpu", "layer_norm", backends.extension)
+backends.register("cpu", "rms_norm", backends.extension)
