@@ -96,12 +96,12 @@ std::vector<at::Tensor> rms_norm_fwd(const at::Tensor& x, const std::optional<at
 
 std::vector<at::Tensor> rms_norm_bwd(const at::Tensor& dy, const std::optional<at::Tensor>& dsum,
                                      const at::Tensor& x, const std::optional<at::Tensor>& weight,
-                                     const at::Tensor& rstd) {
+                                     const at::Tensor& rstd, double eps) {
   check_norm_inputs(x, weight, std::nullopt, std::nullopt);
   check_like(dy, x, "grad_output");
   if (dsum.has_value()) check_like(*dsum, x, "grad of the residual sum");
   check_stats(rstd, x, "rstd");
-  return zenattn::cpu::rms_norm_bwd(dy, dsum, x, weight, rstd);
+  return zenattn::cpu::rms_norm_bwd(dy, dsum, x, weight, rstd, eps);
 }
 
 py::dict build_info() {
@@ -131,5 +131,5 @@ PYBIND11_MODULE(_C, m) {
   m.def("rms_norm_fwd", &rms_norm_fwd, py::arg("x"), py::arg("weight"), py::arg("residual"),
         py::arg("eps"), "RMSNorm over the last dim of x (+ residual): returns [y, sum|None, rstd]");
   m.def("rms_norm_bwd", &rms_norm_bwd, py::arg("dy"), py::arg("dsum"), py::arg("x"),
-        py::arg("weight"), py::arg("rstd"), "RMSNorm backward: returns [dx, dweight|None]");
+        py::arg("weight"), py::arg("rstd"), py::arg("eps"), "RMSNorm backward: returns [dx, dweight|None]");
 }

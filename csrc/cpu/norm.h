@@ -39,6 +39,7 @@ struct NormBwdParams {
   at::ScalarType dtype;
   bool rms;
   int64_t rows, cols;
+  double eps;                    // the forward's eps (RMSNorm with cols == 1 needs it, see kernel)
   const void* dy;                // (rows, cols), row stride dy_stride
   int64_t dy_stride;
   const void* dsum;              // (rows, cols) gradient of the returned sum, or null; added to dx
@@ -84,7 +85,7 @@ std::vector<at::Tensor> rms_norm_fwd(const at::Tensor& x, const std::optional<at
                                      const std::optional<at::Tensor>& residual, double eps);
 std::vector<at::Tensor> rms_norm_bwd(const at::Tensor& dy, const std::optional<at::Tensor>& dsum,
                                      const at::Tensor& x, const std::optional<at::Tensor>& weight,
-                                     const at::Tensor& rstd);
+                                     const at::Tensor& rstd, double eps);
 
 // The instruction set whose kernels run here: "DEFAULT", "AVX2" or "AVX512".
 const char* kernel_isa();

@@ -24,31 +24,37 @@ namespace {
 
 using at::vec::Vectorized;
 
-// Loads and stores one "step" of a row: Vectorized<T>::size() elements of T, seen as kVecs
-// vectors of the opmath type (2 for fp16/bf16, whose vectors hold twice as many lanes as fp32).
+// Loads and stores one "step" of a row: kLoads vectors of T, seen as kVecs vectors of the
+// opmath type (fp16/bf16 vectors hold twice as many lanes as fp32 ones). Four opmath vectors per
+// step give four independent accumulator chains in the reductions, which hides FMA latency.
 template <typename T>
 struct Step {
   using A = at::opmath_type<T>;
   using AVec = Vectorized<A>;
   static constexpr bool kReduced = !std::is_same_v<T, A>;
-  static constexpr int kVecs = kReduced ? 2 : 1;
-  static constexpr int64_t kSize = Vectorized<T>::size();
+  static constexpr int kLoads = kReduced ? 2 : 4;
+  static constexpr int kVecs = kReduced ? 2 * kLoads : kLoads;
+  static constexpr int64_t kSize = kLoads * Vectorized<T>::size();
   static_assert(kSize == kVecs * AVec::size(), "unexpected vector widths");
 
   static inline void load(const T* p, AVec (&v)[kVecs]) {
-    if constexpr (kReduced) {
-      auto [lo, hi] = at::vec::convert_to_float<T>(Vectorized<T>::loadu(p));
-      v[0] = lo;
-      v[1] = hi;
-    } else {
-      v[0] = AVec::loadu(p);
+    for (int i = 0; i < kLoads; ++i) {
+      if constexpr (kReduced) {
+        auto [lo, hi] = at::vec::convert_to_float<T>(Vectorized<T>::loadu(p + i * Vectorized<T>::size()));
+        v[2 * i] = lo;
+        v[2 * i + 1] = hi;
+      } else {
+        v[i] = AVec::loadu(p + i * AVec::size());
+      }
     }
   }
   static inline void store(T* p, const AVec (&v)[kVecs]) {
-    if constexpr (kReduced) {
-      at::vec::convert_from_float<T>(v[0], v[1]).store(p);
-    } else {
-      v[0].store(p);
+    for (int i = 0; i < kLoads; ++i) {
+      if constexpr (kReduced) {
+        at::vec::convert_from_float<T>(v[2 * i], v[2 * i + 1]).store(p + i * Vectorized<T>::size());
+      } else {
+        v[i].store(p + i * AVec::size());
+      }
     }
   }
 };
@@ -261,6 +267,15 @@ void norm_bwd_rows(const NormBwdParams& p, int64_t r0, int64_t r1,
     }
     const A c1 = sum_gx * inv_n;
     const A c2 = kRms ? A(0) : sum_g * inv_n;
+    // RMSNorm of a single element: dx = g * rstd * (1 - xhat^2), where xhat^2 is within rounding
+    // of 1 and the difference cancels catastrophically. 1 - xhat^2 = eps * rstd^2 exactly.
+    if (kRms && N == 1) {
+      const A xg = kWeight ? static_cast<A>(dy[0]) * static_cast<A>(w[0]) : static_cast<A>(dy[0]);
+      A out = xg * static_cast<A>(p.eps) * rstd * rstd * rstd;
+      if constexpr (kDsum) out += static_cast<A>(static_cast<const T*>(p.dsum)[r * p.dsum_stride]);
+      dx[0] = static_cast<T>(out);
+      continue;
+    }
 
     // Pass 2: dx (+ the gradient that reached the fused residual sum directly).
     {

@@ -3,7 +3,7 @@
     zenattn::layer_norm_fwd(x, weight?, bias?, residual?, eps, backend) -> (y, sum, mean, rstd)
     zenattn::layer_norm_bwd(dy, dsum?, x, weight?, mean, rstd, has_bias, backend) -> (dx, dweight, dbias)
     zenattn::rms_norm_fwd(x, weight?, residual?, eps, backend) -> (y, sum, rstd)
-    zenattn::rms_norm_bwd(dy, dsum?, x, weight?, rstd, backend) -> (dx, dweight)
+    zenattn::rms_norm_bwd(dy, dsum?, x, weight?, rstd, eps, backend) -> (dx, dweight)
 
 Shapes: x, residual, y, sum, dy, dx (..., N), normalized over the last dim; weight, bias (N,);
 mean, rstd x.shape[:-1] in float32 (float64 for float64 input). ``backend`` names which kernels
@@ -108,13 +108,13 @@ def _(x, weight, residual, eps, backend):
 
 @torch.library.custom_op("zenattn::rms_norm_bwd", mutates_args=())
 def rms_norm_bwd(dy: Tensor, dsum: Optional[Tensor], x: Tensor, weight: Optional[Tensor],
-                 rstd: Tensor, backend: str) -> tuple[Tensor, Tensor]:
-    dx, dw = backends.launchers(backend, "rms_norm").rms_norm_bwd(dy, dsum, x, weight, rstd)
+                 rstd: Tensor, eps: float, backend: str) -> tuple[Tensor, Tensor]:
+    dx, dw = backends.launchers(backend, "rms_norm").rms_norm_bwd(dy, dsum, x, weight, rstd, eps)
     return dx, _or_empty(dw, x)
 
 
 @rms_norm_bwd.register_fake
-def _(dy, dsum, x, weight, rstd, backend):
+def _(dy, dsum, x, weight, rstd, eps, backend):
     dw = x.new_empty(x.shape[-1]) if weight is not None else x.new_empty(0)
     return torch.empty_like(x, memory_format=torch.contiguous_format), dw
 
@@ -124,13 +124,14 @@ def _rms_norm_setup(ctx, inputs, output):
     _, s, rstd = output
     ctx.save_for_backward(s if residual is not None else x, weight, rstd)
     ctx.has_residual = residual is not None
+    ctx.eps = eps
     ctx.backend = backend
 
 
 def _rms_norm_backward(ctx, dy, dsum, _drstd):
     normed, weight, rstd = ctx.saved_tensors
     dsum = dsum if ctx.has_residual else None
-    dx, dw = rms_norm_bwd(dy, dsum, normed, weight, rstd, ctx.backend)
+    dx, dw = rms_norm_bwd(dy, dsum, normed, weight, rstd, ctx.eps, ctx.backend)
     return dx, dw if weight is not None else None, dx if ctx.has_residual else None, None, None
 
 
