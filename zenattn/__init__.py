@@ -29,19 +29,17 @@ __all__ = ["__version__", "layer_norm", "rms_norm", "nn", "info", "explain", "re
 def info() -> dict:
     """Version, the compiled extension's build facts, and each backend's status here."""
     ext, why = backends._extension()
-    try:
-        import triton
-        triton_version = triton.__version__
-    except ImportError:
-        triton_version = None
     return {
         "zenattn": __version__,
         "torch": torch.__version__,
-        "triton": triton_version,
+        "triton": backends._triton_version(),
         "extension": ext.build_info() if ext is not None else {"error": why},
         "backends": {name: {"built": s.built, "usable": s.usable, "reason": s.reason}
                      for name in backends.ALL_BACKENDS for s in [backends.status(name)]},
     }
+
+
+backends.refresh()  # probe every backend now, so code traced by torch.compile only reads results
 
 
 def explain(op: str, *tensors: Optional[torch.Tensor], backend: Optional[str] = None) -> str:

@@ -15,6 +15,7 @@ skipped the others (:func:`explain`).
 from __future__ import annotations
 
 import functools
+import importlib.metadata
 import os
 from dataclasses import dataclass
 from typing import Callable, Optional
@@ -58,9 +59,27 @@ def extension():
     return mod
 
 
-@functools.lru_cache(maxsize=None)
+# Probed once per process (zenattn/__init__.py probes every backend at import) and then read from
+# this dict, which torch.compile traces as a constant instead of re-running the probe.
+_STATUS: dict[str, BackendStatus] = {}
+
+
 def status(name: str) -> BackendStatus:
     """Whether backend ``name`` is built and usable in this process, and why not."""
+    st = _STATUS.get(name)
+    if st is None:
+        st = _STATUS[name] = _probe(name)
+    return st
+
+
+def refresh() -> None:
+    """Probe every backend again (after registering kernels or changing the environment)."""
+    _STATUS.clear()
+    for name in ALL_BACKENDS:
+        status(name)
+
+
+def _probe(name: str) -> BackendStatus:
     if name == "torch":
         return BackendStatus(name, True, True, f"pure PyTorch {torch.__version__}, any device")
     if name == "cpu":
@@ -78,15 +97,22 @@ def status(name: str) -> BackendStatus:
             return BackendStatus(name, True, False, "no CUDA device visible to torch")
         return BackendStatus(name, True, True, f"CUDA C++ kernels on {torch.cuda.get_device_name()}")
     if name == "triton":
-        try:
-            import triton  # noqa: PLC0415
-        except ImportError as e:
-            return BackendStatus(name, False, False, f"triton is not installed ({e})")
+        version = _triton_version()
+        if version is None:
+            return BackendStatus(name, False, False, "triton is not installed")
         if not _LAUNCHERS.get("triton"):
             return BackendStatus(name, False, False,
-                                 f"triton {triton.__version__} found; zenattn has no Triton kernels yet")
-        return BackendStatus(name, True, True, f"Triton {triton.__version__} kernels")
+                                 f"triton {version} found; zenattn has no Triton kernels yet")
+        return BackendStatus(name, True, True, f"Triton {version} kernels")
     raise ValueError(f"unknown zenattn backend {name!r}; choose from {ALL_BACKENDS}")
+
+
+def _triton_version() -> Optional[str]:
+    """Triton's version without importing it (importing triton takes about a second)."""
+    try:
+        return importlib.metadata.version("triton")
+    except importlib.metadata.PackageNotFoundError:
+        return None
 
 
 # ---- launcher registry -----------------------------------------------------------------------
@@ -100,7 +126,7 @@ _DEVICES = {"cpu": ("cpu",), "cuda": ("cuda",), "triton": ("cuda",), "torch": No
 
 def register(backend: str, op: str, loader: Callable[[], object]) -> None:
     _LAUNCHERS.setdefault(backend, {})[op] = loader
-    status.cache_clear()
+    refresh()
 
 
 def launchers(backend: str, op: str):

@@ -43,21 +43,35 @@ def _check_norm_args(fn: str, x: Tensor, shape: tuple[int, ...], **params: Optio
                                f"normalized_shape {list(shape)}")
         if t.device != x.device:
             raise RuntimeError(f"zenattn.{fn}: {name} is on {t.device} but input is on {x.device}")
-        if t.dtype != x.dtype:
+        mixed = name != "residual" and t.dtype == torch.float32 and x.dtype in _LOW_PRECISION
+        if t.dtype != x.dtype and not mixed:
             raise RuntimeError(f"zenattn.{fn}: {name} has dtype {t.dtype} but input has dtype "
                                f"{x.dtype}; they must match")
 
 
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
 def _autocast_to_fp32(x: Tensor) -> bool:
-    """Torch's autocast runs layer_norm / rms_norm in float32; so do we."""
+    """CUDA autocast runs layer_norm / rms_norm in float32, so do we. (CPU autocast leaves them in
+    the input's dtype, with float32 parameters: the mixed case below.)"""
+    if x.device.type != "cuda":
+        return False
     try:
         return torch.is_autocast_enabled(x.device.type)
-    except TypeError:  # torch < 2.4 took no device argument
-        return torch.is_autocast_enabled() if x.is_cuda else torch.is_autocast_cpu_enabled()
+    except TypeError:  # older torch took no device argument
+        return torch.is_autocast_enabled()
 
 
 def _fp32(*ts: Optional[Tensor]) -> list[Optional[Tensor]]:
     return [None if t is None else t.float() for t in ts]
+
+
+def _params_like(x: Tensor, *params: Optional[Tensor]) -> list[Optional[Tensor]]:
+    """Mixed precision (fp16/bf16 input, fp32 weight and bias, as torch allows): the kernels take
+    one dtype, so the parameters are cast to the input's. Shortcut: their gradients are then
+    rounded to that dtype before autograd casts them back to fp32 (torch keeps them in fp32)."""
+    return [p if p is None or p.dtype == x.dtype else p.to(x.dtype) for p in params]
 
 
 def layer_norm(
@@ -87,9 +101,10 @@ def layer_norm(
         Mean and variance are computed in float32 (float64 for float64 input).
     """
     shape = _normalized_shape(normalized_shape)
-    _check_norm_args("layer_norm", input, shape, weight=weight, bias=bias, residual=residual)
-    if _autocast_to_fp32(input):
+    if isinstance(input, Tensor) and _autocast_to_fp32(input):
         input, weight, bias, residual = _fp32(input, weight, bias, residual)
+    _check_norm_args("layer_norm", input, shape, weight=weight, bias=bias, residual=residual)
+    weight, bias = _params_like(input, weight, bias)
     choice = backends.select("layer_norm", input, weight, bias, residual, backend=backend)
     if choice.backend == "torch":
         return reference.layer_norm_ref(input, shape, weight, bias, eps, residual=residual, upcast=True)
@@ -125,9 +140,10 @@ def rms_norm(
     Shapes, dtypes and ``backend`` as in :func:`layer_norm`.
     """
     shape = _normalized_shape(normalized_shape)
-    _check_norm_args("rms_norm", input, shape, weight=weight, residual=residual)
-    if _autocast_to_fp32(input):
+    if isinstance(input, Tensor) and _autocast_to_fp32(input):
         input, weight, residual = _fp32(input, weight, residual)
+    _check_norm_args("rms_norm", input, shape, weight=weight, residual=residual)
+    (weight,) = _params_like(input, weight)
     if eps is None:
         eps = torch.finfo(input.dtype).eps
     choice = backends.select("rms_norm", input, weight, residual, backend=backend)

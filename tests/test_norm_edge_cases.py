@@ -1,0 +1,230 @@
+"""LayerNorm / RMSNorm edge cases: numerical extremes, empty inputs, gradcheck, determinism, and
+every CPU instruction-set build of the kernels."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import zenattn
+from zenattn.reference import layer_norm_ref, rms_norm_ref
+
+from parity import FWD_FACTOR, GRAD_FACTOR, assert_within_rule
+
+
+# ---- numerical extremes -----------------------------------------------------------------------
+
+@pytest.mark.parametrize("value, dtype", [
+    (0.0, torch.float32),       # all zeros
+    (1234.0, torch.float32),    # constant away from zero
+    (0.1, torch.float32),       # constant that is not a binary fraction: the mean rounds
+    (1234.0, torch.float16),
+    (1e4, torch.float16),       # near the top of fp16's range
+    (3.0, torch.bfloat16),
+])
+@pytest.mark.parametrize("hidden", [7, 1023, 4096])
+def test_layer_norm_constant_rows_give_bias(value, dtype, hidden):
+    """Variance 0: output is exactly beta (finite), and dx is finite."""
+    x = torch.full((5, hidden), value, dtype=dtype, requires_grad=True)
+    w = torch.randn(hidden).to(dtype).requires_grad_(True)
+    b = torch.randn(hidden).to(dtype).requires_grad_(True)
+    y = zenattn.layer_norm(x, (hidden,), w, b)
+    assert torch.isfinite(y).all()
+    torch.testing.assert_close(y, b.detach().expand_as(y), rtol=0, atol=0)
+    (dx,) = torch.autograd.grad(y, x, torch.randn_like(y))
+    assert torch.isfinite(dx).all()
+
+
+@pytest.mark.parametrize("hidden", [7, 1023])
+def test_rms_norm_zero_rows_are_finite(hidden):
+    x = torch.zeros(4, hidden, requires_grad=True)
+    y = zenattn.rms_norm(x, (hidden,), torch.randn(hidden))
+    assert torch.equal(y, torch.zeros_like(y))
+    (dx,) = torch.autograd.grad(y, x, torch.randn_like(y))
+    assert torch.isfinite(dx).all()
+
+
+@pytest.mark.parametrize("kind", ["layer_norm", "rms_norm"])
+@pytest.mark.parametrize("hidden", [7, 1500])
+def test_eps_zero(kind, hidden):
+    """eps = 0 on ordinary rows: LayerNorm output has mean 0 and variance 1."""
+    x = torch.randn(6, hidden, dtype=torch.float64)
+    if kind == "layer_norm":
+        y = zenattn.layer_norm(x, (hidden,), eps=0.0)
+        torch.testing.assert_close(y.mean(-1), torch.zeros(6, dtype=torch.float64), atol=1e-12, rtol=0)
+        torch.testing.assert_close(y.var(-1, unbiased=False), torch.ones(6, dtype=torch.float64))
+        torch.testing.assert_close(y, layer_norm_ref(x, hidden, eps=0.0))
+    else:
+        y = zenattn.rms_norm(x, (hidden,), eps=0.0)
+        torch.testing.assert_close(y.square().mean(-1), torch.ones(6, dtype=torch.float64))
+        torch.testing.assert_close(y, rms_norm_ref(x, hidden, eps=0.0))
+
+
+@pytest.mark.parametrize("hidden", [192, 4096])
+def test_layer_norm_large_mean_offset(hidden):
+    """Rows with mean 1e6 and std 1 in fp32: the deviations must survive the mean."""
+    x = (torch.randn(9, hidden) + 1e6).requires_grad_(True)
+    w, b = torch.randn(hidden), torch.randn(hidden)
+    ours = zenattn.layer_norm(x, (hidden,), w, b)
+    theirs = F.layer_norm(x, (hidden,), w, b)
+    ref = layer_norm_ref(x.detach().double(), hidden, w.double(), b.double())
+    assert_within_rule("offset 1e6 y", ours.detach(), theirs.detach(), ref, FWD_FACTOR, torch.float32)
+    dy = torch.randn_like(ours)
+    (g_ours,) = torch.autograd.grad(ours, x, dy)
+    (g_theirs,) = torch.autograd.grad(theirs, x, dy)
+    xr = x.detach().double().requires_grad_(True)
+    (g_ref,) = torch.autograd.grad(layer_norm_ref(xr, hidden, w.double(), b.double()), xr, dy.double())
+    assert_within_rule("offset 1e6 dx", g_ours, g_theirs, g_ref, GRAD_FACTOR, torch.float32)
+
+
+@pytest.mark.parametrize("kind", ["layer_norm", "rms_norm"])
+@pytest.mark.parametrize("scale", [1e4, 6e4])
+def test_fp16_large_values(kind, scale):
+    """fp16 inputs near the top of the range: statistics in fp32 keep them finite and exact."""
+    x = (torch.randn(11, 512) * scale).clamp(-65000, 65000).half()
+    w = torch.randn(512).half()
+    if kind == "layer_norm":
+        ours, theirs = zenattn.layer_norm(x, (512,), w), F.layer_norm(x, (512,), w)
+        ref = layer_norm_ref(x.double(), 512, w.double())
+    else:
+        ours, theirs = zenattn.rms_norm(x, (512,), w, 1e-6), F.rms_norm(x, (512,), w, 1e-6)
+        ref = rms_norm_ref(x.double(), 512, w.double(), 1e-6)
+    assert torch.isfinite(ours).all()
+    assert_within_rule(f"{kind} fp16 x{scale:g}", ours, theirs, ref, FWD_FACTOR, torch.float16)
+
+
+# ---- empty inputs ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kind", ["layer_norm", "rms_norm"])
+@pytest.mark.parametrize("shape", [(0, 16), (2, 0, 16)])
+def test_empty_batch(kind, shape):
+    x = torch.randn(shape, requires_grad=True)
+    w = torch.randn(16, requires_grad=True)
+    y = zenattn.layer_norm(x, (16,), w) if kind == "layer_norm" else zenattn.rms_norm(x, (16,), w)
+    assert y.shape == x.shape
+    dx, dw = torch.autograd.grad(y, (x, w), torch.randn_like(y))
+    assert dx.shape == x.shape
+    assert torch.equal(dw, torch.zeros_like(dw))  # no rows: the weight gradient is exactly zero
+
+
+# ---- gradcheck in float64 ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("hidden", [1, 5, 37])
+@pytest.mark.parametrize("residual", [False, True])
+def test_layer_norm_gradcheck(hidden, residual):
+    x = torch.randn(4, hidden, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(hidden, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(hidden, dtype=torch.float64, requires_grad=True)
+    r = torch.randn(4, hidden, dtype=torch.float64, requires_grad=True) if residual else None
+    fn = lambda x, w, b, r: zenattn.layer_norm(x, (hidden,), w, b, 1e-5, residual=r, backend="cpu")
+    assert torch.autograd.gradcheck(fn, (x, w, b, r))
+
+
+@pytest.mark.parametrize("hidden", [1, 5, 37])
+@pytest.mark.parametrize("residual", [False, True])
+def test_rms_norm_gradcheck(hidden, residual):
+    x = torch.randn(4, hidden, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(hidden, dtype=torch.float64, requires_grad=True)
+    r = torch.randn(4, hidden, dtype=torch.float64, requires_grad=True) if residual else None
+    fn = lambda x, w, r: zenattn.rms_norm(x, (hidden,), w, 1e-5, residual=r, backend="cpu")
+    assert torch.autograd.gradcheck(fn, (x, w, r))
+
+
+def test_gradcheck_noncontiguous_input():
+    base = torch.randn(9, 6, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(9, dtype=torch.float64, requires_grad=True)
+    fn = lambda base, w: zenattn.layer_norm(base.t(), (9,), w, backend="cpu")  # last-dim stride 6
+    assert torch.autograd.gradcheck(fn, (base, w))
+
+
+# ---- determinism ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kind", ["layer_norm", "rms_norm"])
+def test_weight_grad_bitwise_repeatable_across_thread_counts(kind):
+    """dw/db go through per-chunk fp32 partials whose split depends only on the shape."""
+    x = torch.randn(1000, 300, dtype=torch.bfloat16, requires_grad=True)
+    w = torch.randn(300, dtype=torch.bfloat16, requires_grad=True)
+    dy = torch.randn(1000, 300, dtype=torch.bfloat16)
+    fn = (lambda: zenattn.layer_norm(x, (300,), w)) if kind == "layer_norm" else (lambda: zenattn.rms_norm(x, (300,), w))
+    threads = torch.get_num_threads()
+    results = []
+    try:
+        for n in (1, 2, 1, 2):
+            torch.set_num_threads(n)
+            results.append(torch.autograd.grad(fn(), (x, w), dy))
+    finally:
+        torch.set_num_threads(threads)
+    for dx, dw in results[1:]:
+        assert torch.equal(dx, results[0][0]) and torch.equal(dw, results[0][1])
+
+
+def test_large_row_count_weight_grad():
+    """dW/dB over 65536 rows, fp32 accumulation: bf16 error within 3x of PyTorch's."""
+    rows, hidden = 65536, 64
+    x = torch.randn(rows, hidden).bfloat16()
+    w, b = torch.randn(hidden).bfloat16(), torch.randn(hidden).bfloat16()
+    dy = torch.randn(rows, hidden).bfloat16()
+    grads = {}
+    for impl in ("zen", "torch", "ref"):
+        xs = x.double() if impl == "ref" else x
+        ws, bs = [(t.double() if impl == "ref" else t).clone().requires_grad_(True) for t in (w, b)]
+        if impl == "zen":
+            y = zenattn.layer_norm(xs, (hidden,), ws, bs)
+        elif impl == "torch":
+            y = F.layer_norm(xs, (hidden,), ws, bs)
+        else:
+            y = layer_norm_ref(xs, hidden, ws, bs)
+        grads[impl] = torch.autograd.grad(y, (ws, bs), dy.to(y.dtype))
+    for i, name in enumerate(("dweight", "dbias")):
+        assert_within_rule(name, grads["zen"][i], grads["torch"][i], grads["ref"][i], GRAD_FACTOR, torch.bfloat16)
+
+
+# ---- every instruction-set build -----------------------------------------------------------------
+
+@pytest.mark.parametrize("isa", ["default", "avx2", "avx512"])
+def test_every_cpu_isa_build(isa):
+    """The kernels are compiled once per ISA; ATEN_CPU_CAPABILITY forces which one runs. Each must
+    match the reference (ATen falls back to what the CPU supports, and so do we)."""
+    code = textwrap.dedent("""
+        import torch, zenattn
+        from zenattn.reference import layer_norm_ref, rms_norm_ref
+        torch.manual_seed(0)
+        print(zenattn.info()["extension"]["cpu_isa"])
+        for dtype, tol in ((torch.float32, 1e-5), (torch.bfloat16, 2e-2), (torch.float16, 2e-3)):
+            for n in (7, 100, 1023):
+                x = torch.randn(13, n).to(dtype).requires_grad_(True)
+                w = torch.randn(n).to(dtype).requires_grad_(True)
+                b = torch.randn(n).to(dtype).requires_grad_(True)
+                dy = torch.randn(13, n).to(dtype)
+                for kind in ("layer_norm", "rms_norm"):
+                    if kind == "layer_norm":
+                        y = zenattn.layer_norm(x, (n,), w, b)
+                        xr, wr, br = (t.detach().double().requires_grad_(True) for t in (x, w, b))
+                        yr = layer_norm_ref(xr, n, wr, br)
+                        got, want = torch.autograd.grad(y, (x, w, b), dy), torch.autograd.grad(yr, (xr, wr, br), dy.double())
+                    else:
+                        y = zenattn.rms_norm(x, (n,), w, 1e-6)
+                        xr, wr = (t.detach().double().requires_grad_(True) for t in (x, w))
+                        yr = rms_norm_ref(xr, n, wr, 1e-6)
+                        got, want = torch.autograd.grad(y, (x, w), dy), torch.autograd.grad(yr, (xr, wr), dy.double())
+                    scale = 1 + want[0].abs().max().item()
+                    assert (y.double() - yr).abs().max() < tol * 10, (kind, dtype, n)
+                    for g, r in zip(got, want):
+                        rel = (g.double() - r).abs().max().item() / (1 + r.abs().max().item())
+                        assert rel < tol * 10, (kind, dtype, n, rel)
+        print("ok")
+    """)
+    env = dict(os.environ, ATEN_CPU_CAPABILITY=isa)
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ran, status = proc.stdout.split()
+    assert status == "ok"
+    cpu_has = torch.backends.cpu.get_cpu_capability()
+    if isa == "default" or isa.upper() in cpu_has or cpu_has == "AVX512":
+        assert ran == isa.upper(), f"asked for {isa}, ran {ran}"
