@@ -1,6 +1,6 @@
 """LayerNorm / RMSNorm: zenattn vs torch, side by side in one run, on the CPU (or the GPU if present).
 
-    python benchmarks/bench_norm.py                 # the default shapes, writes benchmarks/results/
+    python benchmarks/bench_norm.py                 # the default shapes, writes bench-out/
     python benchmarks/bench_norm.py --quick         # fewer repeats (a smoke run)
 
 For each case it prints the median time and 20/80 percentiles of each provider, the speed-up of
@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 import zenattn
 
-RESULTS = Path(__file__).resolve().parent / "results"
+RESULTS = Path(__file__).resolve().parent.parent / "bench-out"  # committed runs go to benchmarks/results/
 SHAPES = [(4096, 1024), (8192, 4096)]
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 # Targets for the CPU (issue #2): (op, mode, dtype) -> minimum speed-up over torch.

@@ -68,7 +68,7 @@ void advise_huge_pages(const at::Tensor& t) {
   constexpr uintptr_t kHuge = uintptr_t(2) << 20;
   const uintptr_t base = reinterpret_cast<uintptr_t>(t.data_ptr());
   const uintptr_t bytes = t.nbytes();
-  if (bytes < 4 * kHuge) return;
+  if (bytes < 4 * kHuge) return;  // 8 MiB and up
   const uintptr_t begin = (base + kHuge - 1) & ~(kHuge - 1);
   const uintptr_t end = (base + bytes) & ~(kHuge - 1);
   if (end > begin) madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);
