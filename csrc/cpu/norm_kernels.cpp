@@ -17,6 +17,7 @@
 
 #include <cmath>
 #include <type_traits>
+#include <vector>
 
 namespace zenattn::cpu {
 namespace CPU_CAPABILITY {
@@ -68,6 +69,32 @@ inline A hsum(const Vectorized<A>& v) {
   return s;
 }
 
+// For fp16/bf16, a row (or a weight) converted once to the opmath type in a per-task buffer, so
+// the passes after the first read fp32 from L1 instead of converting again; for fp32/fp64, the
+// data itself (T is already the opmath type).
+template <typename T>
+struct OpmathRow {
+  using A = at::opmath_type<T>;
+  std::vector<A> buf;
+  explicit OpmathRow(int64_t n) : buf(Step<T>::kReduced ? n : 0) {}
+
+  const A* convert(const T* src, int64_t n) {
+    if constexpr (Step<T>::kReduced) {
+      A* dst = buf.data();
+      int64_t j = 0;
+      for (; j + Step<T>::kSize <= n; j += Step<T>::kSize) {
+        typename Step<T>::AVec v[Step<T>::kVecs];
+        Step<T>::load(src + j, v);
+        Step<A>::store(dst + j, v);
+      }
+      for (; j < n; ++j) dst[j] = static_cast<A>(src[j]);
+      return dst;
+    } else {
+      return src;
+    }
+  }
+};
+
 // Calls f(std::integral_constant<bool, cond>{}) so `cond` becomes a compile-time constant.
 template <typename F>
 inline void bool_switch(bool cond, F&& f) {
@@ -89,11 +116,14 @@ void norm_fwd_rows(const NormFwdParams& p, int64_t r0, int64_t r1) {
   constexpr int V = S::kVecs;
   const int64_t N = p.cols;
   const int64_t n_vec = N - N % S::kSize;  // elements handled by full vector steps
-  const T* w = static_cast<const T*>(p.weight);
-  const T* b = static_cast<const T*>(p.bias);
+  using SA = Step<A>;  // the same step size as S, over opmath data
+  static_assert(SA::kSize == S::kSize && SA::kVecs == V, "steps must line up");
+  OpmathRow<T> w_row(kWeight ? N : 0), b_row(kBias ? N : 0), x_row(N);
+  const A* w = kWeight ? w_row.convert(static_cast<const T*>(p.weight), N) : nullptr;
+  const A* b = kBias ? b_row.convert(static_cast<const T*>(p.bias), N) : nullptr;
 
   for (int64_t r = r0; r < r1; ++r) {
-    const T* x = static_cast<const T*>(p.x) + r * p.x_stride;
+    const T* x_in = static_cast<const T*>(p.x) + r * p.x_stride;
     T* y = static_cast<T*>(p.y) + r * N;
 
     // Step 1 (pre-norm residual): s = x + residual, stored in T; the stored (rounded) sum is what
@@ -104,14 +134,15 @@ void norm_fwd_rows(const NormFwdParams& p, int64_t r0, int64_t r1) {
       int64_t j = 0;
       for (; j < n_vec; j += S::kSize) {
         AVec a[V], c[V];
-        S::load(x + j, a);
+        S::load(x_in + j, a);
         S::load(res + j, c);
         for (int v = 0; v < V; ++v) a[v] = a[v] + c[v];
         S::store(s + j, a);
       }
-      for (; j < N; ++j) s[j] = static_cast<T>(static_cast<A>(x[j]) + static_cast<A>(res[j]));
-      x = s;
+      for (; j < N; ++j) s[j] = static_cast<T>(static_cast<A>(x_in[j]) + static_cast<A>(res[j]));
+      x_in = s;
     }
+    const A* x = x_row.convert(x_in, N);
 
     // Step 2: statistics. shift = x[0] for LayerNorm (see the file comment), 0 for RMSNorm.
     const A shift = kRms ? A(0) : static_cast<A>(x[0]);
@@ -121,12 +152,12 @@ void norm_fwd_rows(const NormFwdParams& p, int64_t r0, int64_t r1) {
       int64_t j = 0;
       for (; j < n_vec; j += S::kSize) {
         AVec a[V];
-        S::load(x + j, a);
+        SA::load(x + j, a);
         for (int v = 0; v < V; ++v) acc[v] = acc[v] + (a[v] - shift_v);
       }
       A total = 0;
       for (int v = 0; v < V; ++v) total += hsum(acc[v]);
-      for (; j < N; ++j) total += static_cast<A>(x[j]) - shift;
+      for (; j < N; ++j) total += x[j] - shift;
       delta = total / static_cast<A>(N);
     }
     const A center = shift + delta;  // the row mean
@@ -136,7 +167,7 @@ void norm_fwd_rows(const NormFwdParams& p, int64_t r0, int64_t r1) {
       int64_t j = 0;
       for (; j < n_vec; j += S::kSize) {
         AVec a[V];
-        S::load(x + j, a);
+        SA::load(x + j, a);
         for (int v = 0; v < V; ++v) {
           AVec c = kRms ? a[v] : (a[v] - shift_v) - delta_v;
           acc[v] = at::vec::fmadd(c, c, acc[v]);
@@ -144,7 +175,7 @@ void norm_fwd_rows(const NormFwdParams& p, int64_t r0, int64_t r1) {
       }
       for (int v = 0; v < V; ++v) sq += hsum(acc[v]);
       for (; j < N; ++j) {
-        A c = kRms ? static_cast<A>(x[j]) : (static_cast<A>(x[j]) - shift) - delta;
+        A c = kRms ? x[j] : (x[j] - shift) - delta;
         sq += c * c;
       }
     }
@@ -159,9 +190,9 @@ void norm_fwd_rows(const NormFwdParams& p, int64_t r0, int64_t r1) {
       int64_t j = 0;
       for (; j < n_vec; j += S::kSize) {
         AVec a[V], wv[V], bv[V];
-        S::load(x + j, a);
-        if constexpr (kWeight) S::load(w + j, wv);
-        if constexpr (kBias) S::load(b + j, bv);
+        SA::load(x + j, a);
+        if constexpr (kWeight) SA::load(w + j, wv);
+        if constexpr (kBias) SA::load(b + j, bv);
         for (int v = 0; v < V; ++v) {
           AVec c = kRms ? a[v] : (a[v] - shift_v) - delta_v;
           c = c * rstd_v;
@@ -172,10 +203,10 @@ void norm_fwd_rows(const NormFwdParams& p, int64_t r0, int64_t r1) {
         S::store(y + j, a);
       }
       for (; j < N; ++j) {
-        A c = kRms ? static_cast<A>(x[j]) : (static_cast<A>(x[j]) - shift) - delta;
+        A c = kRms ? x[j] : (x[j] - shift) - delta;
         c = c * rstd;
-        if constexpr (kWeight) c = c * static_cast<A>(w[j]);
-        if constexpr (kBias) c = c + static_cast<A>(b[j]);
+        if constexpr (kWeight) c = c * w[j];
+        if constexpr (kBias) c = c + b[j];
         y[j] = static_cast<T>(c);
       }
     }
