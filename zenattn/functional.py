@@ -74,6 +74,22 @@ def _params_like(x: Tensor, *params: Optional[Tensor]) -> list[Optional[Tensor]]
     return [p if p is None or p.dtype == x.dtype else p.to(x.dtype) for p in params]
 
 
+def _over_last_dim(shape: tuple[int, ...], x: Tensor, residual: Optional[Tensor],
+                   *params: Optional[Tensor]):
+    """The norm ops normalize over the last dim: collapse the normalized dims into one."""
+    n = math.prod(shape)
+    if len(shape) > 1:
+        lead = x.shape[: x.dim() - len(shape)]
+        x = x.reshape(*lead, n)
+        residual = None if residual is None else residual.reshape(*lead, n)
+    return x, residual, [None if p is None else p.reshape(n) for p in params]
+
+
+def _norm_result(y: Tensor, s: Tensor, input: Tensor, residual: Optional[Tensor]):
+    y = y.view(input.shape)
+    return y if residual is None else (y, s.view(input.shape))
+
+
 def layer_norm(
     input: Tensor,
     normalized_shape: ShapeLike,
@@ -109,19 +125,9 @@ def layer_norm(
     if choice.backend == "torch":
         return reference.layer_norm_ref(input, shape, weight, bias, eps, residual=residual, upcast=True)
 
-    n = math.prod(shape)
-    lead = input.shape[: input.dim() - len(shape)]
-    flat = (lambda t: t.reshape(*lead, n)) if len(shape) > 1 else (lambda t: t)
-    y, s, _, _ = norm_ops.layer_norm_fwd(
-        flat(input),
-        None if weight is None else weight.reshape(n),
-        None if bias is None else bias.reshape(n),
-        None if residual is None else flat(residual),
-        float(eps),
-        choice.backend,
-    )
-    y = y.view(input.shape)
-    return y if residual is None else (y, s.view(input.shape))
+    x, r, (w, b) = _over_last_dim(shape, input, residual, weight, bias)
+    y, s, _, _ = norm_ops.layer_norm_fwd(x, w, b, r, float(eps), choice.backend)
+    return _norm_result(y, s, input, residual)
 
 
 def rms_norm(
@@ -150,15 +156,6 @@ def rms_norm(
     if choice.backend == "torch":
         return reference.rms_norm_ref(input, shape, weight, eps, residual=residual, upcast=True)
 
-    n = math.prod(shape)
-    lead = input.shape[: input.dim() - len(shape)]
-    flat = (lambda t: t.reshape(*lead, n)) if len(shape) > 1 else (lambda t: t)
-    y, s, _ = norm_ops.rms_norm_fwd(
-        flat(input),
-        None if weight is None else weight.reshape(n),
-        None if residual is None else flat(residual),
-        float(eps),
-        choice.backend,
-    )
-    y = y.view(input.shape)
-    return y if residual is None else (y, s.view(input.shape))
+    x, r, (w,) = _over_last_dim(shape, input, residual, weight)
+    y, s, _ = norm_ops.rms_norm_fwd(x, w, r, float(eps), choice.backend)
+    return _norm_result(y, s, input, residual)
