@@ -21,6 +21,7 @@ import datetime as dt
 import json
 import os
 import platform
+import random
 import statistics
 import sys
 import time
@@ -55,14 +56,18 @@ def summarize(times: list) -> dict:
 
 def measure_side_by_side(fns: dict, device, warmup: int, reps: int) -> dict:
     """Median and 20/80 percentiles of each fn's wall time (s). The providers take turns within
-    every repeat, so a noisy stretch of the machine hits all of them alike."""
+    every repeat, in a shuffled order, so a noisy stretch of the machine hits all of them alike."""
     for _ in range(warmup):
         for fn in fns.values():
             fn()
     sync(device)
     times = {name: [] for name in fns}
+    order = list(fns)
+    rng = random.Random(0)
     for _ in range(reps):
-        for name, fn in fns.items():
+        rng.shuffle(order)  # who runs first after whom also shifts timings: vary it
+        for name in order:
+            fn = fns[name]
             t0 = time.perf_counter()
             fn()
             sync(device)
@@ -134,7 +139,7 @@ def main() -> int:
 
     console = Console(width=200)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    warmup, reps = (2, 5) if args.quick else (5, 25)
+    warmup, reps = (2, 5) if args.quick else (5, 41)
     meta = {
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "device": torch.cuda.get_device_name() if device.type == "cuda" else

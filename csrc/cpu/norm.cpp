@@ -6,6 +6,7 @@
 #include <ATen/Version.h>
 
 #include <cstdint>
+#include <cstdlib>
 #include <string>
 
 #if defined(__linux__)
@@ -63,12 +64,25 @@ void run_bwd(const NormBwdParams& p) {
 // of 128 MiB: 50 ms; with huge pages: 12 ms). Where transparent huge pages are in "madvise" mode,
 // ask for them on the output before its first touch, as c10 does under THP_MEM_ALLOC_ENABLE.
 // A no-op elsewhere, and harmless on memory that is already mapped.
+// ZENATTN_CPU_HUGEPAGES=0 turns this off.
+bool huge_pages_enabled() {
+  static const bool on = [] {
+    const char* v = std::getenv("ZENATTN_CPU_HUGEPAGES");
+    return v == nullptr || std::string(v) != "0";
+  }();
+  return on;
+}
+
 void advise_huge_pages(const at::Tensor& t) {
 #if defined(MADV_HUGEPAGE)
+  if (!huge_pages_enabled()) return;
   constexpr uintptr_t kHuge = uintptr_t(2) << 20;
   const uintptr_t base = reinterpret_cast<uintptr_t>(t.data_ptr());
   const uintptr_t bytes = t.nbytes();
-  if (bytes < 4 * kHuge) return;  // 8 MiB and up
+  // 8 MiB and up. Below 32 MiB glibc may serve the buffer from its heap (already mapped, so the
+  // advice changes little); on our VM timings at 16 MiB vary 2-3x from run to run for torch and
+  // zenattn alike, with or without the advice, so the threshold is not tuned finer than this.
+  if (bytes < 4 * kHuge) return;
   const uintptr_t begin = (base + kHuge - 1) & ~(kHuge - 1);
   const uintptr_t end = (base + bytes) & ~(kHuge - 1);
   if (end > begin) madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);
