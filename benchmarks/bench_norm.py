@@ -54,9 +54,13 @@ def summarize(times: list) -> dict:
     return {"median": statistics.median(times), "p20": q[1], "p80": q[7]}
 
 
-def measure_side_by_side(fns: dict, device, warmup: int, reps: int) -> dict:
-    """Median and 20/80 percentiles of each fn's wall time (s). The providers take turns within
-    every repeat, in a shuffled order, so a noisy stretch of the machine hits all of them alike."""
+def measure_side_by_side(fns: dict, device, warmup: int, reps: int, block: int = 5) -> dict:
+    """Median and 20/80 percentiles of each fn's wall time (s), from about ``reps`` calls each.
+
+    Providers take turns in blocks of ``block`` calls, in a shuffled order per round, so a noisy
+    stretch of the machine hits all of them alike; blocks (rather than single alternating calls)
+    keep one provider's allocation pattern (say, torch's unfused RMSNorm temporaries making glibc
+    trim its heap) from landing on every call of the next one."""
     for _ in range(warmup):
         for fn in fns.values():
             fn()
@@ -64,14 +68,15 @@ def measure_side_by_side(fns: dict, device, warmup: int, reps: int) -> dict:
     times = {name: [] for name in fns}
     order = list(fns)
     rng = random.Random(0)
-    for _ in range(reps):
-        rng.shuffle(order)  # who runs first after whom also shifts timings: vary it
+    for _ in range(max(1, -(-reps // block))):
+        rng.shuffle(order)
         for name in order:
             fn = fns[name]
-            t0 = time.perf_counter()
-            fn()
-            sync(device)
-            times[name].append(time.perf_counter() - t0)
+            for _ in range(block):
+                t0 = time.perf_counter()
+                fn()
+                sync(device)
+                times[name].append(time.perf_counter() - t0)
     return {name: summarize(ts) for name, ts in times.items()}
 
 
@@ -139,7 +144,7 @@ def main() -> int:
 
     console = Console(width=200)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    warmup, reps = (2, 5) if args.quick else (5, 41)
+    warmup, reps = (2, 5) if args.quick else (5, 45)
     meta = {
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "device": torch.cuda.get_device_name() if device.type == "cuda" else
@@ -195,7 +200,7 @@ def main() -> int:
           f"Device: {meta['device']}, {meta['threads']} threads; torch {meta['torch']}; "
           f"zenattn {meta['zenattn']} ({meta['cpu_isa']} kernels); Python {meta['python']}.",
           f"Ceilings measured in the same run: copy {ceil['copy']:.1f} GB/s, "
-          f"alloc+copy {ceil['alloc+copy']:.1f} GB/s. Median of {reps} runs after {warmup} warm-up.", "",
+          f"alloc+copy {ceil['alloc+copy']:.1f} GB/s. Median of {reps} timed calls per provider (turns of 5, shuffled) after {warmup} warm-up.", "",
           "| op | mode | shape | dtype | torch ms | zenattn ms | speed-up | target | zenattn GB/s | % copy | % alloc+copy |",
           "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows_out:

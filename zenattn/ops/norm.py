@@ -14,6 +14,10 @@ autograd registration serves them all. In the backward, ``x`` is the tensor that
 A custom op cannot return "no tensor", so an absent output (``sum`` without a residual,
 ``dweight`` without a weight, ``dbias`` without a bias) is a 0-element placeholder tensor.
 Each op has a fake (meta) implementation, so ``torch.compile(fullgraph=True)`` traces them.
+
+The ops are defined with ``torch.library.Library`` and implemented for the CPU and CUDA dispatch
+keys rather than with ``torch.library.custom_op``: on a 4096x1024 LayerNorm the custom_op wrapper
+added 0.1-0.3 ms per call here (measured side by side), against about 0.01 ms for a plain impl.
 """
 
 from __future__ import annotations
@@ -24,6 +28,19 @@ import torch
 from torch import Tensor
 
 from zenattn import backends
+
+_lib = torch.library.Library("zenattn", "DEF")
+
+
+def _define(schema: str, impl, fake):
+    """Define zenattn::<schema>, implemented by ``impl`` on CPU and CUDA tensors (the ``backend``
+    argument picks the kernels) and by ``fake`` for meta/fake tensors; returns the op."""
+    name = schema.split("(", 1)[0]
+    _lib.define(schema)
+    for key in ("CPU", "CUDA"):
+        _lib.impl(name, impl, key)
+    torch.library.register_fake(f"zenattn::{name}", fake, lib=_lib)
+    return getattr(torch.ops.zenattn, name).default
 
 
 def _stat_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -36,37 +53,43 @@ def _or_empty(t: Optional[Tensor], like: Tensor) -> Tensor:
 
 # ---- LayerNorm ------------------------------------------------------------------------------
 
-@torch.library.custom_op("zenattn::layer_norm_fwd", mutates_args=())
-def layer_norm_fwd(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
-                   residual: Optional[Tensor], eps: float, backend: str
-                   ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def _layer_norm_fwd(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
+                    residual: Optional[Tensor], eps: float, backend: str
+                    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     y, s, mean, rstd = backends.launchers(backend, "layer_norm").layer_norm_fwd(
         x, weight, bias, residual, eps)
     return y, _or_empty(s, x), mean, rstd
 
 
-@layer_norm_fwd.register_fake
-def _(x, weight, bias, residual, eps, backend):
+def _layer_norm_fwd_fake(x, weight, bias, residual, eps, backend):
     stats = x.new_empty(x.shape[:-1], dtype=_stat_dtype(x.dtype))
     s = torch.empty_like(x, memory_format=torch.contiguous_format) if residual is not None else x.new_empty(0)
     return (torch.empty_like(x, memory_format=torch.contiguous_format), s, stats, torch.empty_like(stats))
 
 
-@torch.library.custom_op("zenattn::layer_norm_bwd", mutates_args=())
-def layer_norm_bwd(dy: Tensor, dsum: Optional[Tensor], x: Tensor, weight: Optional[Tensor],
-                   mean: Tensor, rstd: Tensor, has_bias: bool, backend: str
-                   ) -> tuple[Tensor, Tensor, Tensor]:
+layer_norm_fwd = _define(
+    "layer_norm_fwd(Tensor x, Tensor? weight, Tensor? bias, Tensor? residual, float eps, str backend)"
+    " -> (Tensor, Tensor, Tensor, Tensor)", _layer_norm_fwd, _layer_norm_fwd_fake)
+
+
+def _layer_norm_bwd(dy: Tensor, dsum: Optional[Tensor], x: Tensor, weight: Optional[Tensor],
+                    mean: Tensor, rstd: Tensor, has_bias: bool, backend: str
+                    ) -> tuple[Tensor, Tensor, Tensor]:
     dx, dw, db = backends.launchers(backend, "layer_norm").layer_norm_bwd(
         dy, dsum, x, weight, mean, rstd, has_bias)
     return dx, _or_empty(dw, x), _or_empty(db, x)
 
 
-@layer_norm_bwd.register_fake
-def _(dy, dsum, x, weight, mean, rstd, has_bias, backend):
+def _layer_norm_bwd_fake(dy, dsum, x, weight, mean, rstd, has_bias, backend):
     n = x.shape[-1]
     dw = x.new_empty(n) if weight is not None else x.new_empty(0)
     db = x.new_empty(n) if has_bias else x.new_empty(0)
     return torch.empty_like(x, memory_format=torch.contiguous_format), dw, db
+
+
+layer_norm_bwd = _define(
+    "layer_norm_bwd(Tensor dy, Tensor? dsum, Tensor x, Tensor? weight, Tensor mean, Tensor rstd,"
+    " bool has_bias, str backend) -> (Tensor, Tensor, Tensor)", _layer_norm_bwd, _layer_norm_bwd_fake)
 
 
 def _layer_norm_setup(ctx, inputs, output):
@@ -87,36 +110,42 @@ def _layer_norm_backward(ctx, dy, dsum, _dmean, _drstd):
 
 
 torch.library.register_autograd("zenattn::layer_norm_fwd", _layer_norm_backward,
-                                setup_context=_layer_norm_setup)
+                                setup_context=_layer_norm_setup, lib=_lib)
 
 
 # ---- RMSNorm --------------------------------------------------------------------------------
 
-@torch.library.custom_op("zenattn::rms_norm_fwd", mutates_args=())
-def rms_norm_fwd(x: Tensor, weight: Optional[Tensor], residual: Optional[Tensor], eps: float,
-                 backend: str) -> tuple[Tensor, Tensor, Tensor]:
+def _rms_norm_fwd(x: Tensor, weight: Optional[Tensor], residual: Optional[Tensor], eps: float,
+                  backend: str) -> tuple[Tensor, Tensor, Tensor]:
     y, s, rstd = backends.launchers(backend, "rms_norm").rms_norm_fwd(x, weight, residual, eps)
     return y, _or_empty(s, x), rstd
 
 
-@rms_norm_fwd.register_fake
-def _(x, weight, residual, eps, backend):
+def _rms_norm_fwd_fake(x, weight, residual, eps, backend):
     rstd = x.new_empty(x.shape[:-1], dtype=_stat_dtype(x.dtype))
     s = torch.empty_like(x, memory_format=torch.contiguous_format) if residual is not None else x.new_empty(0)
     return torch.empty_like(x, memory_format=torch.contiguous_format), s, rstd
 
 
-@torch.library.custom_op("zenattn::rms_norm_bwd", mutates_args=())
-def rms_norm_bwd(dy: Tensor, dsum: Optional[Tensor], x: Tensor, weight: Optional[Tensor],
-                 rstd: Tensor, eps: float, backend: str) -> tuple[Tensor, Tensor]:
+rms_norm_fwd = _define(
+    "rms_norm_fwd(Tensor x, Tensor? weight, Tensor? residual, float eps, str backend)"
+    " -> (Tensor, Tensor, Tensor)", _rms_norm_fwd, _rms_norm_fwd_fake)
+
+
+def _rms_norm_bwd(dy: Tensor, dsum: Optional[Tensor], x: Tensor, weight: Optional[Tensor],
+                  rstd: Tensor, eps: float, backend: str) -> tuple[Tensor, Tensor]:
     dx, dw = backends.launchers(backend, "rms_norm").rms_norm_bwd(dy, dsum, x, weight, rstd, eps)
     return dx, _or_empty(dw, x)
 
 
-@rms_norm_bwd.register_fake
-def _(dy, dsum, x, weight, rstd, eps, backend):
+def _rms_norm_bwd_fake(dy, dsum, x, weight, rstd, eps, backend):
     dw = x.new_empty(x.shape[-1]) if weight is not None else x.new_empty(0)
     return torch.empty_like(x, memory_format=torch.contiguous_format), dw
+
+
+rms_norm_bwd = _define(
+    "rms_norm_bwd(Tensor dy, Tensor? dsum, Tensor x, Tensor? weight, Tensor rstd, float eps,"
+    " str backend) -> (Tensor, Tensor)", _rms_norm_bwd, _rms_norm_bwd_fake)
 
 
 def _rms_norm_setup(ctx, inputs, output):
@@ -136,7 +165,7 @@ def _rms_norm_backward(ctx, dy, dsum, _drstd):
 
 
 torch.library.register_autograd("zenattn::rms_norm_fwd", _rms_norm_backward,
-                                setup_context=_rms_norm_setup)
+                                setup_context=_rms_norm_setup, lib=_lib)
 
 
 # ---- the C++ CPU backend implements both families with exactly these signatures ----------------
