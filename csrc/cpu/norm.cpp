@@ -79,9 +79,11 @@ void advise_huge_pages(const at::Tensor& t) {
   constexpr uintptr_t kHuge = uintptr_t(2) << 20;
   const uintptr_t base = reinterpret_cast<uintptr_t>(t.data_ptr());
   const uintptr_t bytes = t.nbytes();
-  // 8 MiB and up. Below 32 MiB glibc may serve the buffer from its heap (already mapped, so the
-  // advice changes little); on our VM timings at 16 MiB vary 2-3x from run to run for torch and
-  // zenattn alike, with or without the advice, so the threshold is not tuned finer than this.
+  // 8 MiB and up. Buffers under 32 MiB may come from glibc's heap, already mapped, where the
+  // advice changes little; measured side by side (benchmarks/results/), a 32 MiB threshold made
+  // the 4096x1024 forward cases 15-25% slower than this one. The cost: a madvised region can stall
+  // its first touch in the kernel's synchronous compaction (seen once: a 16 MiB LayerNorm fwd+bwd
+  // at 33 ms instead of 4); ZENATTN_CPU_HUGEPAGES=0 turns the advice off.
   if (bytes < 4 * kHuge) return;
   const uintptr_t begin = (base + kHuge - 1) & ~(kHuge - 1);
   const uintptr_t end = (base + bytes) & ~(kHuge - 1);
