@@ -97,6 +97,20 @@ at::Tensor empty_output(const at::Tensor& like) {
   return t;
 }
 
+// Per-thread scratch for the dw/db partials, kept between calls: allocating and freeing these
+// (up to 64 x cols floats each) between the large outputs fragments glibc's heap, which then
+// hands the next large output fresh pages to fault in. Slot 0: dw, slot 1: db.
+at::Tensor scratch(int slot, int64_t numel, const at::TensorOptions& options) {
+  constexpr int64_t kMaxCachedBytes = int64_t(4) << 20;  // larger ones are not kept around
+  if (numel * int64_t(options.dtype().itemsize()) > kMaxCachedBytes) return at::empty({numel}, options);
+  thread_local at::Tensor cache[2];
+  at::Tensor& t = cache[slot];
+  if (!t.defined() || t.numel() < numel || t.dtype() != options.dtype()) {
+    t = at::empty({std::max<int64_t>(numel, 1)}, options);
+  }
+  return t;
+}
+
 // View t (..., cols) as (rows, cols) with a unit last stride: a view when the leading dims
 // collapse into one row stride (contiguous, row-sliced or row-expanded tensors), else a copy.
 at::Tensor as_rows(const at::Tensor& t, int64_t cols) {
@@ -191,13 +205,13 @@ std::vector<at::Tensor> norm_bwd(const at::Tensor& dy, const std::optional<at::T
   at::Tensor dw, db, dw_part, db_part;
   if (w.defined()) {
     dw = at::empty({cols}, w.options());
-    dw_part = at::empty({p.num_chunks, cols}, x.options().dtype(stat_dtype));
+    dw_part = scratch(0, p.num_chunks * cols, x.options().dtype(stat_dtype));
     p.dweight = dw.data_ptr();
     p.dweight_partial = dw_part.data_ptr();
   }
   if (has_bias && !rms) {
     db = at::empty({cols}, x.options());
-    db_part = at::empty({p.num_chunks, cols}, x.options().dtype(stat_dtype));
+    db_part = scratch(1, p.num_chunks * cols, x.options().dtype(stat_dtype));
     p.dbias = db.data_ptr();
     p.dbias_partial = db_part.data_ptr();
   }
