@@ -189,12 +189,16 @@ def main() -> int:
                     ok = "" if target is None else ("[green]" if speedup >= target else "[red]")
                     if not correct:
                         ok = "[red]WRONG "
+                    ceiling_cell = f"{100*row['frac_alloc_copy']:.0f}%"
+                    if (op, mode) == ("layer_norm", "fwd"):  # the ceiling target
+                        good = row["frac_alloc_copy"] >= FWD_CEILING_TARGET
+                        ceiling_cell = ("[green]" if good else "[red]") + ceiling_cell
                     table.add_row(
                         op, mode, f"{rows}x{hidden}", dname,
                         f"{t_torch*1e3:.2f} [{stats['torch']['p20']*1e3:.2f}-{stats['torch']['p80']*1e3:.2f}]",
                         f"{t_zen*1e3:.2f} [{stats['zenattn']['p20']*1e3:.2f}-{stats['zenattn']['p80']*1e3:.2f}]",
                         f"{ok}{speedup:.2f}x", "-" if target is None else f">={target}x",
-                        f"{gbs:.1f}", f"{100*row['frac_copy']:.0f}%", f"{100*row['frac_alloc_copy']:.0f}%",
+                        f"{gbs:.1f}", f"{100*row['frac_copy']:.0f}%", ceiling_cell,
                         f"{errors['zenattn']:.1e}/{errors['torch']:.1e}")
                     console.print(f"  done {op} {mode} {rows}x{hidden} {dname}: {speedup:.2f}x", highlight=False)
     console.print(table)
