@@ -8,6 +8,7 @@ what a careful eager implementation does.
 
 from __future__ import annotations
 
+import math
 from typing import Optional, Sequence, Union
 
 import torch
@@ -73,3 +74,74 @@ def rms_norm_ref(
         y = y * weight.to(y.dtype)
     y = y.to(dtype)
     return y if residual is None else (y, s)
+
+
+def attention_ref(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    *,
+    attn_mask: Optional[Tensor] = None,
+    scale: Optional[float] = None,
+    causal: bool = False,
+    alignment: str = "top_left",
+    window: Optional[tuple[Optional[int], Optional[int]]] = None,
+    softcap: Optional[float] = None,
+    alibi_slopes: Optional[Tensor] = None,
+    dropout_p: float = 0.0,
+    dropout_keep: Optional[Tensor] = None,
+    upcast: bool = False,
+    return_lse: bool = False,
+) -> Union[Tensor, tuple[Tensor, Tensor]]:
+    """Attention from the definition, materializing the (Nq, Nk) scores; the semantics every
+    zenattn attention backend matches (see :func:`zenattn.attention` for the parameters).
+
+    q ``(B, Hq, Nq, D)``, k ``(B, Hkv, Nk, D)``, v ``(B, Hkv, Nk, Dv)`` with Hkv dividing Hq (heads
+    grouped like ``repeat_interleave``). ``dropout_keep`` is a bool ``(B, Hq, Nq, Nk)`` tensor of the
+    entries kept (scaled by ``1 / (1 - dropout_p)``); without it ``dropout_p`` draws one from torch's
+    generator. Rows with no allowed key give output 0 and log-sum-exp -inf. Returns
+    ``out (B, Hq, Nq, Dv)`` and, with ``return_lse``, ``lse (B, Hq, Nq)`` in the compute dtype.
+    """
+    dtype = q.dtype
+    if upcast and dtype in (torch.float16, torch.bfloat16):
+        q, k, v = q.float(), k.float(), v.float()
+    hq, hkv = q.shape[-3], k.shape[-3]
+    if hq != hkv:
+        k = k.repeat_interleave(hq // hkv, dim=-3)
+        v = v.repeat_interleave(hq // hkv, dim=-3)
+    nq, nk = q.shape[-2], k.shape[-2]
+    if scale is None:
+        scale = 1.0 / math.sqrt(q.shape[-1])
+    s = torch.matmul(q, k.transpose(-2, -1)) * scale                       # (B, H, Nq, Nk)
+    if softcap:
+        s = softcap * torch.tanh(s / softcap)
+    offset = nk - nq if alignment == "bottom_right" else 0
+    rel = (torch.arange(nq, device=q.device)[:, None] + offset
+           - torch.arange(nk, device=q.device)[None, :])                   # (Nq, Nk): i + offset - j
+    if alibi_slopes is not None:
+        slopes = alibi_slopes.to(s.dtype)
+        slopes = slopes[:, :, None, None] if slopes.dim() == 2 else slopes[:, None, None]
+        s = s - slopes * rel.abs().to(s.dtype)
+    allowed = torch.ones(nq, nk, dtype=torch.bool, device=q.device)
+    left, right = window if window is not None else (None, None)
+    if causal:
+        right = 0 if right is None else min(right, 0)
+    if left is not None and left >= 0:
+        allowed &= rel <= left
+    if right is not None and right >= 0:
+        allowed &= rel >= -right
+    if attn_mask is not None:
+        if attn_mask.dtype == torch.bool:
+            allowed = allowed & attn_mask
+        else:
+            s = s + attn_mask.to(s.dtype)
+    s = s.masked_fill(~allowed, float("-inf"))
+    lse = torch.logsumexp(s, dim=-1)                                       # (B, H, Nq)
+    finite = torch.isfinite(lse)[..., None]
+    p = torch.where(finite, torch.exp(s - torch.where(finite, lse[..., None], 0)), 0)
+    if dropout_p > 0:
+        if dropout_keep is None:
+            dropout_keep = torch.rand_like(p) >= dropout_p
+        p = p * dropout_keep / (1.0 - dropout_p)
+    out = torch.matmul(p, v).to(dtype)                                     # (B, H, Nq, Dv)
+    return (out, lse) if return_lse else out

@@ -2,8 +2,8 @@
 // the strides allow, allocate outputs, and run the kernel built for this machine's instruction set.
 // Input checks happen before this, at the pybind11 boundary (csrc/bindings.cpp).
 #include "cpu/norm.h"
+#include "cpu/isa.h"
 
-#include <ATen/Version.h>
 
 #include <cstdint>
 #include <cstdlib>
@@ -16,48 +16,8 @@
 namespace zenattn::cpu {
 namespace {
 
-enum class Isa { DEFAULT, AVX2, AVX512 };
-
-// at::get_cpu_capability() names what ATen's own kernels use here (it honours the
-// ATEN_CPU_CAPABILITY environment variable), so ours follow the same choice.
-Isa runtime_isa() {
-  static const Isa isa = [] {
-    const std::string cap = at::get_cpu_capability();
-#if defined(ZENATTN_HAVE_ISA_AVX512)
-    if (cap.find("AVX512") != std::string::npos) return Isa::AVX512;
-#endif
-#if defined(ZENATTN_HAVE_ISA_AVX2)
-    if (cap.find("AVX2") != std::string::npos || cap.find("AVX512") != std::string::npos)
-      return Isa::AVX2;
-#endif
-    return Isa::DEFAULT;
-  }();
-  return isa;
-}
-
-void run_fwd(const NormFwdParams& p) {
-  switch (runtime_isa()) {
-#if defined(ZENATTN_HAVE_ISA_AVX512)
-    case Isa::AVX512: return AVX512::norm_fwd_kernel(p);
-#endif
-#if defined(ZENATTN_HAVE_ISA_AVX2)
-    case Isa::AVX2: return AVX2::norm_fwd_kernel(p);
-#endif
-    default: return DEFAULT::norm_fwd_kernel(p);
-  }
-}
-
-void run_bwd(const NormBwdParams& p) {
-  switch (runtime_isa()) {
-#if defined(ZENATTN_HAVE_ISA_AVX512)
-    case Isa::AVX512: return AVX512::norm_bwd_kernel(p);
-#endif
-#if defined(ZENATTN_HAVE_ISA_AVX2)
-    case Isa::AVX2: return AVX2::norm_bwd_kernel(p);
-#endif
-    default: return DEFAULT::norm_bwd_kernel(p);
-  }
-}
+void run_fwd(const NormFwdParams& p) { ZENATTN_ISA_DISPATCH(norm_fwd_kernel, p) }
+void run_bwd(const NormBwdParams& p) { ZENATTN_ISA_DISPATCH(norm_bwd_kernel, p) }
 
 // A fresh output of many MiB comes straight from mmap, and writing it costs one page fault per
 // 4 KiB: on the VMs we measure, those faults take longer than the kernel itself (allocate-then-copy
@@ -227,14 +187,6 @@ int64_t norm_bwd_num_chunks(int64_t rows) {
   // (chunks, cols) partials stays small next to the rows themselves.
   constexpr int64_t kMaxChunks = 64;
   return std::min(rows, kMaxChunks);
-}
-
-const char* kernel_isa() {
-  switch (runtime_isa()) {
-    case Isa::AVX512: return "AVX512";
-    case Isa::AVX2: return "AVX2";
-    default: return "DEFAULT";
-  }
 }
 
 std::vector<at::Tensor> layer_norm_fwd(const at::Tensor& x, const std::optional<at::Tensor>& weight,

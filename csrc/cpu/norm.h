@@ -87,7 +87,4 @@ std::vector<at::Tensor> rms_norm_bwd(const at::Tensor& dy, const std::optional<a
                                      const at::Tensor& x, const std::optional<at::Tensor>& weight,
                                      const at::Tensor& rstd, double eps);
 
-// The instruction set whose kernels run here: "DEFAULT", "AVX2" or "AVX512".
-const char* kernel_isa();
-
 }  // namespace zenattn::cpu

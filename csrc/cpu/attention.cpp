@@ -1,0 +1,136 @@
+// Flash attention launchers for the CPU: bring q/k/v to the compute type without copying what is
+// already usable in place, fill the parameter struct, run the kernel for this machine's
+// instruction set. Input checks happen before this, at the pybind11 boundary (csrc/bindings.cpp).
+#include "cpu/attention.h"
+#include "cpu/isa.h"
+#include "common/philox.h"
+
+#include <ATen/Parallel.h>
+
+#include <limits>
+
+namespace zenattn::cpu {
+namespace {
+
+void run_fwd(const AttnParams& p) { ZENATTN_ISA_DISPATCH(attention_fwd_kernel, p) }
+void run_bwd(const AttnParams& p) { ZENATTN_ISA_DISPATCH(attention_bwd_kernel, p) }
+
+// float for float32/float16/bfloat16 (half types are converted once, O(N * D)), double for float64.
+at::ScalarType compute_type(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
+
+// t (B, H, N, X) in the compute type with a unit last stride and a row stride BLAS accepts.
+// float32 / float64 tensors with such strides (contiguous, sliced, transposed (B, N, H, X) layouts,
+// broadcast batch or head) are used in place.
+at::Tensor operand(const at::Tensor& t) {
+  at::Tensor c = t.scalar_type() == compute_type(t.scalar_type()) ? t : t.to(compute_type(t.scalar_type()));
+  const bool rows_ok = c.size(2) <= 1 || (c.stride(2) >= c.size(3) && c.stride(2) < std::numeric_limits<int>::max());
+  if ((c.size(3) > 1 && c.stride(3) != 1) || !rows_ok) c = c.contiguous();
+  return c;
+}
+
+AttnParams make_params(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const AttnOptions& opt,
+                       at::Tensor& mask_holder, at::Tensor& alibi_holder) {
+  AttnParams p{};
+  p.dtype = q.scalar_type();
+  p.B = q.size(0);
+  p.Hq = q.size(1);
+  p.Hkv = k.size(1);
+  p.Nq = q.size(2);
+  p.Nk = k.size(2);
+  p.D = q.size(3);
+  p.Dv = v.size(3);
+  p.q = q.data_ptr();
+  p.q_sb = q.stride(0), p.q_sh = q.stride(1), p.q_sn = q.stride(2);
+  p.k = k.data_ptr();
+  p.k_sb = k.stride(0), p.k_sh = k.stride(1), p.k_sn = k.stride(2);
+  p.v = v.data_ptr();
+  p.v_sb = v.stride(0), p.v_sh = v.stride(1), p.v_sn = v.stride(2);
+  p.scale = opt.scale;
+  p.softcap = opt.softcap;
+  p.window_left = opt.window_left;
+  p.window_right = opt.window_right;
+  p.offset = opt.bottom_right ? p.Nk - p.Nq : 0;
+  if (opt.alibi_slopes.has_value()) {
+    // (Hq,) or (B, Hq) -> (B, Hq) view with a zero batch stride for the former
+    alibi_holder = opt.alibi_slopes->to(p.dtype).contiguous();
+    p.alibi = alibi_holder.data_ptr();
+    p.alibi_sb = alibi_holder.dim() == 2 ? alibi_holder.stride(0) : 0;
+  }
+  if (opt.attn_mask.has_value()) {
+    // A view broadcast to (B, Hq, Nq, Nk): broadcast dimensions get stride 0, nothing is copied.
+    mask_holder = opt.attn_mask->expand({p.B, p.Hq, p.Nq, p.Nk});
+    p.mask.ptr = mask_holder.data_ptr();
+    p.mask.dtype = mask_holder.scalar_type();
+    p.mask.sb = mask_holder.stride(0), p.mask.sh = mask_holder.stride(1);
+    p.mask.sq = mask_holder.stride(2), p.mask.sk = mask_holder.stride(3);
+  }
+  p.dropout_p = opt.dropout_p;
+  if (opt.dropout_p > 0) {
+    TORCH_CHECK(opt.seed.has_value(), "zenattn cpu attention: dropout_p > 0 needs a seed");
+    p.seed = static_cast<uint64_t>(opt.seed->item<int64_t>());
+  }
+  return p;
+}
+
+}  // namespace
+
+std::vector<at::Tensor> attention_fwd(const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in,
+                                      const AttnOptions& opt) {
+  const at::Tensor q = operand(q_in), k = operand(k_in), v = operand(v_in);
+  at::Tensor mask_holder, alibi_holder;
+  AttnParams p = make_params(q, k, v, opt, mask_holder, alibi_holder);
+  at::Tensor out = at::empty({p.B, p.Hq, p.Nq, p.Dv}, q.options());
+  at::Tensor lse = at::empty({p.B, p.Hq, p.Nq}, q.options());
+  p.out = out.data_ptr();
+  p.lse = lse.data_ptr();
+  if (out.numel() > 0 || lse.numel() > 0) run_fwd(p);
+  return {out.to(q_in.scalar_type()), lse};
+}
+
+std::vector<at::Tensor> attention_bwd(const at::Tensor& dout_in, const at::Tensor& q_in, const at::Tensor& k_in,
+                                      const at::Tensor& v_in, const at::Tensor& out_in, const at::Tensor& lse_in,
+                                      const AttnOptions& opt) {
+  const at::Tensor q = operand(q_in), k = operand(k_in), v = operand(v_in);
+  const at::Tensor dout = operand(dout_in), o = operand(out_in);
+  const at::Tensor lse = lse_in.to(q.scalar_type()).contiguous();
+  at::Tensor mask_holder, alibi_holder;
+  AttnParams p = make_params(q, k, v, opt, mask_holder, alibi_holder);
+  p.lse = const_cast<void*>(lse.data_ptr());
+  p.dout = dout.data_ptr();
+  p.do_sb = dout.stride(0), p.do_sh = dout.stride(1), p.do_sn = dout.stride(2);
+  p.o = o.data_ptr();
+  p.o_sb = o.stride(0), p.o_sh = o.stride(1), p.o_sn = o.stride(2);
+  const auto opts = q.options();
+  at::Tensor dq = at::empty({p.B, p.Hq, p.Nq, p.D}, opts);
+  // dK/dV per q head: a GQA group's heads are summed below, in a fixed order.
+  at::Tensor dk_heads = at::empty({p.B, p.Hq, p.Nk, p.D}, opts);
+  at::Tensor dv_heads = at::empty({p.B, p.Hq, p.Nk, p.Dv}, opts);
+  p.dq = dq.data_ptr();
+  p.dk_heads = dk_heads.data_ptr();
+  p.dv_heads = dv_heads.data_ptr();
+  if (p.B * p.Hq > 0) run_bwd(p);
+  at::Tensor dk = dk_heads, dv = dv_heads;
+  if (p.Hq != p.Hkv) {
+    const int64_t g = p.Hq / p.Hkv;
+    dk = dk_heads.view({p.B, p.Hkv, g, p.Nk, p.D}).sum(2);
+    dv = dv_heads.view({p.B, p.Hkv, g, p.Nk, p.Dv}).sum(2);
+  }
+  return {dq.to(q_in.scalar_type()), dk.to(k_in.scalar_type()), dv.to(v_in.scalar_type())};
+}
+
+at::Tensor attention_dropout_keep(int64_t seed, int64_t B, int64_t H, int64_t Nq, int64_t Nk, double p) {
+  at::Tensor keep = at::empty({B, H, Nq, Nk}, at::TensorOptions().dtype(at::kBool));
+  bool* out = keep.data_ptr<bool>();
+  const DropoutRng rng{static_cast<uint64_t>(seed), DropoutRng::threshold_for(p)};
+  at::parallel_for(0, B * H * Nq, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t row = begin; row < end; ++row) {
+      const int64_t bh = row / std::max<int64_t>(Nq, 1), i = row % std::max<int64_t>(Nq, 1);
+      for (int64_t j = 0; j < Nk; ++j) {
+        out[row * Nk + j] = (rng.keep4(uint64_t(bh), uint64_t(i), uint64_t(j) >> 2) >> (j & 3)) & 1u;
+      }
+    }
+  });
+  return keep;
+}
+
+}  // namespace zenattn::cpu

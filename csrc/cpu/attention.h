@@ -1,0 +1,93 @@
+// Flash attention on the CPU: the parameter struct shared by the launchers (attention.cpp) and
+// the kernels (attention_kernels.cpp, compiled once per instruction set), and the launcher API
+// that csrc/bindings.cpp exposes to Python.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <cstdint>
+#include <optional>
+#include <vector>
+
+namespace zenattn::cpu {
+
+// An optional mask over the scores, read in place through broadcast strides (a stride of 0
+// repeats a dimension): bool ("may attend") or floating point (added to the scores).
+struct AttnMask {
+  const void* ptr = nullptr;      // null: no mask
+  at::ScalarType dtype = at::kBool;
+  int64_t sb = 0, sh = 0, sq = 0, sk = 0;  // strides over (B, Hq, Nq, Nk), in elements
+};
+
+// Shapes: q (B, Hq, Nq, D), k (B, Hkv, Nk, D), v (B, Hkv, Nk, Dv), Hkv divides Hq and q head h
+// reads kv head h / (Hq / Hkv). Tensors are of the compute type T (float, or double for float64
+// input; the launcher converts half and bfloat16 to float), with a unit last stride and the
+// strides below over (batch, head, row).
+//
+// Score (b, h, i, j) = scale * q_i . k_j, then softcap * tanh(score / softcap) if softcap > 0,
+// minus alibi[b, h] * |i + offset - j| if alibi is set, plus the float mask; it is -inf (not
+// attended) where the bool mask is false or j lies outside [i + offset - window_left,
+// i + offset + window_right] (a negative window side is unbounded; causal is window_right = 0).
+struct AttnParams {
+  at::ScalarType dtype;  // compute type: kFloat or kDouble
+  int64_t B, Hq, Hkv, Nq, Nk, D, Dv;
+  const void* q;  int64_t q_sb, q_sh, q_sn;
+  const void* k;  int64_t k_sb, k_sh, k_sn;
+  const void* v;  int64_t v_sb, v_sh, v_sn;
+  double scale;
+  double softcap;                  // 0: none
+  int64_t window_left, window_right;
+  int64_t offset;                  // 0 (top-left alignment) or Nk - Nq (bottom-right)
+  const void* alibi;               // T slopes, or null; alibi[b, h] at b * alibi_sb + h
+  int64_t alibi_sb;
+  AttnMask mask;
+  double dropout_p;                // 0: none
+  uint64_t seed;
+
+  // forward outputs
+  void* out;                       // (B, Hq, Nq, Dv) contiguous, T
+  void* lse;                       // (B, Hq, Nq) contiguous, T: log-sum-exp of the scores, -inf if none
+
+  // backward inputs and outputs
+  const void* dout;  int64_t do_sb, do_sh, do_sn;   // (B, Hq, Nq, Dv)
+  const void* o;     int64_t o_sb, o_sh, o_sn;      // the forward's output
+  void* dq;                        // (B, Hq, Nq, D) contiguous, T
+  void* dk_heads;                  // (B, Hq, Nk, D) contiguous, T: per q head, summed over groups later
+  void* dv_heads;                  // (B, Hq, Nk, Dv) contiguous, T
+};
+
+#define ZENATTN_DECLARE_ATTENTION_KERNELS(ISA)          \
+  namespace ISA {                                        \
+  void attention_fwd_kernel(const AttnParams& p);        \
+  void attention_bwd_kernel(const AttnParams& p);        \
+  }
+ZENATTN_DECLARE_ATTENTION_KERNELS(DEFAULT)
+ZENATTN_DECLARE_ATTENTION_KERNELS(AVX2)
+ZENATTN_DECLARE_ATTENTION_KERNELS(AVX512)
+#undef ZENATTN_DECLARE_ATTENTION_KERNELS
+
+// Options shared by the forward and the backward launcher.
+struct AttnOptions {
+  double scale;
+  double softcap;
+  int64_t window_left, window_right;
+  bool bottom_right;
+  double dropout_p;
+  std::optional<at::Tensor> attn_mask;     // broadcastable to (B, Hq, Nq, Nk): bool or floating
+  std::optional<at::Tensor> alibi_slopes;  // (Hq,) or (B, Hq)
+  std::optional<at::Tensor> seed;          // int64 scalar, when dropout_p > 0
+};
+
+// Launchers (inputs already checked at the pybind11 boundary):
+//   attention_fwd -> {out (B, Hq, Nq, Dv) in q's dtype, lse (B, Hq, Nq) float32 (float64 for float64)}
+//   attention_bwd -> {dq, dk, dv} shaped and typed like q, k, v
+std::vector<at::Tensor> attention_fwd(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                      const AttnOptions& opt);
+std::vector<at::Tensor> attention_bwd(const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k,
+                                      const at::Tensor& v, const at::Tensor& out, const at::Tensor& lse,
+                                      const AttnOptions& opt);
+
+// The dropout keep mask the kernels draw for (seed, p): bool (B, H, Nq, Nk). For tests.
+at::Tensor attention_dropout_keep(int64_t seed, int64_t B, int64_t H, int64_t Nq, int64_t Nk, double p);
+
+}  // namespace zenattn::cpu

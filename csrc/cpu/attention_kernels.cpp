@@ -1,0 +1,375 @@
+// Flash attention forward and backward on the CPU (compiled once per instruction set, see
+// CMakeLists.txt). FlashAttention-2's schedule (Dao, 2023) on CPU threads:
+//
+//   forward   one work item per (batch, q head, block of kBlockQ queries). Scores for a block of
+//             keys come from one BLAS product, the online softmax rescales the running output
+//             in place, and a second product adds P @ V. Only O and the log-sum-exp are stored.
+//   backward  one work item per (batch, q head), walking its query blocks in order: each tile
+//             recomputes P = exp(S - lse) from the saved log-sum-exp, and four products give
+//             dV += P^T dO, dP = dO V^T, dQ += dS K, dK += dS^T Q with dS = P * (dP - delta).
+//             Every gradient element is summed by one thread in a fixed order, so the backward is
+//             deterministic; dK/dV are kept per q head and summed over each GQA group afterwards.
+//
+// Nothing of size Nq x Nk is ever allocated: scratch is a few (kBlockQ x kBlockK) tiles per thread.
+#include "cpu/attention.h"
+#include "cpu/blas.h"
+#include "common/philox.h"
+
+#include <ATen/Parallel.h>
+#include <ATen/cpu/vec/vec.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <vector>
+
+namespace zenattn::cpu {
+namespace CPU_CAPABILITY {
+namespace {
+
+using at::vec::Vectorized;
+
+constexpr int64_t kBlockQ = 64;       // queries per tile
+constexpr int64_t kFwdBlockK = 512;   // keys per tile in the forward (scores tile: 128 KiB fp32)
+constexpr int64_t kBwdBlockK = 128;   // keys per tile in the backward (four tiles live at once)
+
+template <typename T>
+constexpr T kNegInf = -std::numeric_limits<T>::infinity();
+
+// ---- vectorized row helpers -------------------------------------------------------------------
+
+template <typename T>
+T hsum(const Vectorized<T>& v) {
+  T lanes[Vectorized<T>::size()];
+  v.store(lanes);
+  T sum = T(0);
+  for (int64_t t = 0; t < Vectorized<T>::size(); ++t) sum += lanes[t];
+  return sum;
+}
+
+template <typename T>
+T row_max(const T* s, int64_t n) {
+  using Vec = Vectorized<T>;
+  int64_t c = 0;
+  T m = kNegInf<T>;
+  if (n >= Vec::size()) {
+    Vec vm = Vec::loadu(s);
+    for (c = Vec::size(); c + Vec::size() <= n; c += Vec::size()) vm = at::vec::maximum(vm, Vec::loadu(s + c));
+    T lanes[Vec::size()];
+    vm.store(lanes);
+    for (int64_t t = 0; t < Vec::size(); ++t) m = std::max(m, lanes[t]);
+  }
+  for (; c < n; ++c) m = std::max(m, s[c]);
+  return m;
+}
+
+// s = exp(s - shift) in place; returns the sum.
+template <typename T>
+T exp_shift_sum(T* s, int64_t n, T shift) {
+  using Vec = Vectorized<T>;
+  const Vec vshift(shift);
+  Vec vsum(T(0));
+  int64_t c = 0;
+  for (; c + Vec::size() <= n; c += Vec::size()) {
+    const Vec e = (Vec::loadu(s + c) - vshift).exp();
+    e.store(s + c);
+    vsum = vsum + e;
+  }
+  T sum = hsum(vsum);
+  for (; c < n; ++c) {
+    s[c] = std::exp(s[c] - shift);
+    sum += s[c];
+  }
+  return sum;
+}
+
+template <typename T>
+void scale_row(T* x, int64_t n, T a) {
+  using Vec = Vectorized<T>;
+  const Vec va(a);
+  int64_t c = 0;
+  for (; c + Vec::size() <= n; c += Vec::size()) (Vec::loadu(x + c) * va).store(x + c);
+  for (; c < n; ++c) x[c] *= a;
+}
+
+template <typename T>
+T dot(const T* a, const T* b, int64_t n) {
+  using Vec = Vectorized<T>;
+  Vec acc(T(0));
+  int64_t c = 0;
+  for (; c + Vec::size() <= n; c += Vec::size()) acc = at::vec::fmadd(Vec::loadu(a + c), Vec::loadu(b + c), acc);
+  T sum = hsum(acc);
+  for (; c < n; ++c) sum += a[c] * b[c];
+  return sum;
+}
+
+// ---- masks -------------------------------------------------------------------------------------
+
+template <typename T, typename M>
+void add_mask_row(T* s, const M* m, int64_t sk, int64_t n) {
+  for (int64_t c = 0; c < n; ++c) s[c] += T(m[c * sk]);
+}
+
+template <typename T>
+void bool_mask_row(T* s, const bool* m, int64_t sk, int64_t n) {
+  for (int64_t c = 0; c < n; ++c) {
+    if (!m[c * sk]) s[c] = kNegInf<T>;
+  }
+}
+
+// Adds or applies the user mask to n scores of one row, starting at key j0.
+template <typename T>
+void apply_mask_row(T* s, const AttnMask& mask, int64_t b, int64_t h, int64_t i, int64_t j0, int64_t n) {
+  const int64_t off = b * mask.sb + h * mask.sh + i * mask.sq + j0 * mask.sk;
+  switch (mask.dtype) {
+    case at::kBool: return bool_mask_row(s, static_cast<const bool*>(mask.ptr) + off, mask.sk, n);
+    case at::kFloat: return add_mask_row(s, static_cast<const float*>(mask.ptr) + off, mask.sk, n);
+    case at::kDouble: return add_mask_row(s, static_cast<const double*>(mask.ptr) + off, mask.sk, n);
+    case at::kBFloat16: return add_mask_row(s, static_cast<const at::BFloat16*>(mask.ptr) + off, mask.sk, n);
+    case at::kHalf: return add_mask_row(s, static_cast<const at::Half*>(mask.ptr) + off, mask.sk, n);
+    default: TORCH_CHECK(false, "zenattn cpu attention: unsupported mask dtype ", mask.dtype);
+  }
+}
+
+// ---- one (batch, head): pointers and the score tile --------------------------------------------
+
+template <typename T>
+struct Head {
+  const AttnParams& p;
+  int64_t b, h, bh;          // bh = b * Hq + h
+  const T* q;                // (Nq, D), row stride p.q_sn
+  const T* k;                // (Nk, D), row stride p.k_sn
+  const T* v;                // (Nk, Dv), row stride p.v_sn
+  T slope;                   // ALiBi slope, 0 without ALiBi
+  DropoutRng rng;
+
+  Head(const AttnParams& params, int64_t b_, int64_t h_) : p(params), b(b_), h(h_), bh(b_ * params.Hq + h_) {
+    const int64_t hk = h / (p.Hq / p.Hkv);
+    q = static_cast<const T*>(p.q) + b * p.q_sb + h * p.q_sh;
+    k = static_cast<const T*>(p.k) + b * p.k_sb + hk * p.k_sh;
+    v = static_cast<const T*>(p.v) + b * p.v_sb + hk * p.v_sh;
+    slope = p.alibi ? static_cast<const T*>(p.alibi)[b * p.alibi_sb + h] : T(0);
+    rng = DropoutRng{p.seed, DropoutRng::threshold_for(p.dropout_p)};
+  }
+
+  // Keys that rows [i0, i1) may attend at all (causal / window): [lo, hi).
+  std::pair<int64_t, int64_t> key_range(int64_t i0, int64_t i1) const {
+    int64_t lo = 0, hi = p.Nk;
+    if (p.window_left >= 0) lo = std::max<int64_t>(lo, i0 + p.offset - p.window_left);
+    if (p.window_right >= 0) hi = std::min<int64_t>(hi, i1 - 1 + p.offset + p.window_right + 1);
+    return {lo, std::max(lo, hi)};
+  }
+
+  // S[r, c] (row stride ld) = score of query i0 + r and key j0 + c, masked scores -inf. With
+  // softcap, tanh_out[r, c] receives tanh(raw / softcap), which the backward differentiates.
+  void scores(T* S, int64_t ld, int64_t i0, int64_t rows, int64_t j0, int64_t cols, T* tanh_out) const {
+    blas::gemm(false, true, rows, cols, p.D, T(p.scale), q + i0 * p.q_sn, p.q_sn, k + j0 * p.k_sn, p.k_sn,
+               T(0), S, ld);
+    for (int64_t r = 0; r < rows; ++r) {
+      T* s = S + r * ld;
+      const int64_t i = i0 + r;
+      if (p.softcap > 0) softcap_row(s, cols, tanh_out + r * ld);
+      if (p.alibi) {
+        for (int64_t c = 0; c < cols; ++c) s[c] -= slope * T(std::abs(i + p.offset - (j0 + c)));
+      }
+      if (p.mask.ptr) apply_mask_row(s, p.mask, b, h, i, j0, cols);
+      // causal / sliding window: keys outside [i + offset - left, i + offset + right]
+      if (p.window_left >= 0) {
+        const int64_t end = std::min<int64_t>(cols, i + p.offset - p.window_left - j0);
+        for (int64_t c = 0; c < end; ++c) s[c] = kNegInf<T>;
+      }
+      if (p.window_right >= 0) {
+        for (int64_t c = std::max<int64_t>(0, i + p.offset + p.window_right + 1 - j0); c < cols; ++c) s[c] = kNegInf<T>;
+      }
+    }
+  }
+
+  void softcap_row(T* s, int64_t n, T* t) const {
+    using Vec = Vectorized<T>;
+    const T cap = T(p.softcap), inv = T(1) / cap;
+    const Vec vcap(cap), vinv(inv);
+    int64_t c = 0;
+    for (; c + Vec::size() <= n; c += Vec::size()) {
+      const Vec th = (Vec::loadu(s + c) * vinv).tanh();
+      th.store(t + c);
+      (th * vcap).store(s + c);
+    }
+    for (; c < n; ++c) {
+      t[c] = std::tanh(s[c] * inv);
+      s[c] = cap * t[c];
+    }
+  }
+
+  // keep[r, c] (row stride ld) = 1 if dropout keeps score (i0 + r, j0 + c).
+  void dropout_keep(uint8_t* keep, int64_t ld, int64_t i0, int64_t rows, int64_t j0, int64_t cols) const {
+    for (int64_t r = 0; r < rows; ++r) {
+      uint8_t* kr = keep + r * ld;
+      int64_t j = j0;
+      while (j < j0 + cols) {
+        const uint64_t t = uint64_t(j) >> 2;
+        const uint32_t bits = rng.keep4(uint64_t(bh), uint64_t(i0 + r), t);
+        const int64_t stop = std::min<int64_t>(j0 + cols, int64_t(t + 1) * 4);
+        for (; j < stop; ++j) kr[j - j0] = (bits >> (j & 3)) & 1u;
+      }
+    }
+  }
+};
+
+// ---- forward -----------------------------------------------------------------------------------
+
+template <typename T>
+void forward(const AttnParams& p) {
+  const int64_t n_qblocks = (p.Nq + kBlockQ - 1) / kBlockQ;
+  const bool dropout = p.dropout_p > 0;
+  const T keep_scale = dropout ? T(1) / T(1 - p.dropout_p) : T(1);
+  at::parallel_for(0, p.B * p.Hq * n_qblocks, 1, [&](int64_t begin, int64_t end) {
+    std::vector<T> S(kBlockQ * kFwdBlockK), acc(kBlockQ * p.Dv), m(kBlockQ), l(kBlockQ);
+    std::vector<T> tanh_buf(p.softcap > 0 ? kBlockQ * kFwdBlockK : 0);
+    std::vector<uint8_t> keep(dropout ? kBlockQ * kFwdBlockK : 0);
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t qb = item % n_qblocks, bh = item / n_qblocks;
+      const Head<T> head(p, bh / p.Hq, bh % p.Hq);
+      const int64_t i0 = qb * kBlockQ, rows = std::min(kBlockQ, p.Nq - i0);
+      const auto [klo, khi] = head.key_range(i0, i0 + rows);
+      std::fill(m.begin(), m.end(), kNegInf<T>);
+      std::fill(l.begin(), l.end(), T(0));
+      std::fill(acc.begin(), acc.end(), T(0));
+
+      for (int64_t j0 = klo; j0 < khi; j0 += kFwdBlockK) {
+        const int64_t cols = std::min(kFwdBlockK, khi - j0);
+        head.scores(S.data(), kFwdBlockK, i0, rows, j0, cols, tanh_buf.data());
+        if (dropout) head.dropout_keep(keep.data(), kFwdBlockK, i0, rows, j0, cols);
+        // online softmax: P = exp(S - m_new); the running output and sum scale by exp(m_old - m_new)
+        for (int64_t r = 0; r < rows; ++r) {
+          T* s = S.data() + r * kFwdBlockK;
+          const T m_new = std::max(m[r], row_max(s, cols));
+          if (m_new == kNegInf<T>) {  // nothing attended yet: P is 0 (and exp(-inf - -inf) is NaN)
+            std::fill(s, s + cols, T(0));
+            continue;
+          }
+          const T rescale = std::exp(m[r] - m_new);
+          l[r] = l[r] * rescale + exp_shift_sum(s, cols, m_new);
+          if (rescale != T(1)) scale_row(acc.data() + r * p.Dv, p.Dv, rescale);
+          m[r] = m_new;
+          if (dropout) {  // the sum above keeps every score: dropout acts on the normalized P
+            const uint8_t* kr = keep.data() + r * kFwdBlockK;
+            for (int64_t c = 0; c < cols; ++c) s[c] = kr[c] ? s[c] * keep_scale : T(0);
+          }
+        }
+        // acc (rows, Dv) += P (rows, cols) @ V[j0 : j0 + cols] (cols, Dv)
+        blas::gemm(false, false, rows, p.Dv, cols, T(1), S.data(), kFwdBlockK, head.v + j0 * p.v_sn, p.v_sn,
+                   T(1), acc.data(), p.Dv);
+      }
+
+      // out = acc / l; lse = m + log(l); rows with nothing attended: out 0, lse -inf
+      T* out = static_cast<T*>(p.out) + (bh * p.Nq + i0) * p.Dv;
+      T* lse = static_cast<T*>(p.lse) + bh * p.Nq + i0;
+      for (int64_t r = 0; r < rows; ++r) {
+        const bool any = l[r] > T(0);
+        std::copy_n(acc.data() + r * p.Dv, p.Dv, out + r * p.Dv);
+        scale_row(out + r * p.Dv, p.Dv, any ? T(1) / l[r] : T(0));
+        lse[r] = any ? m[r] + std::log(l[r]) : kNegInf<T>;
+      }
+    }
+  });
+}
+
+// ---- backward ----------------------------------------------------------------------------------
+
+template <typename T>
+void backward(const AttnParams& p) {
+  constexpr int64_t BK = kBwdBlockK;
+  const int64_t n_qblocks = (p.Nq + kBlockQ - 1) / kBlockQ;
+  const bool dropout = p.dropout_p > 0;
+  const T keep_scale = dropout ? T(1) / T(1 - p.dropout_p) : T(1);
+  const T scale = T(p.scale);
+  at::parallel_for(0, p.B * p.Hq, 1, [&](int64_t begin, int64_t end) {
+    std::vector<T> P(kBlockQ * BK), dS(kBlockQ * BK), dq_acc(kBlockQ * p.D), delta(kBlockQ);
+    std::vector<T> Pd(dropout ? kBlockQ * BK : 0), tanh_buf(p.softcap > 0 ? kBlockQ * BK : 0);
+    std::vector<uint8_t> keep(dropout ? kBlockQ * BK : 0);
+    for (int64_t bh = begin; bh < end; ++bh) {
+      const Head<T> head(p, bh / p.Hq, bh % p.Hq);
+      const T* dout = static_cast<const T*>(p.dout) + head.b * p.do_sb + head.h * p.do_sh;
+      const T* o = static_cast<const T*>(p.o) + head.b * p.o_sb + head.h * p.o_sh;
+      const T* lse = static_cast<const T*>(p.lse) + bh * p.Nq;
+      T* dq = static_cast<T*>(p.dq) + bh * p.Nq * p.D;
+      T* dk = static_cast<T*>(p.dk_heads) + bh * p.Nk * p.D;
+      T* dv = static_cast<T*>(p.dv_heads) + bh * p.Nk * p.Dv;
+      std::fill(dk, dk + p.Nk * p.D, T(0));
+      std::fill(dv, dv + p.Nk * p.Dv, T(0));
+
+      for (int64_t qb = 0; qb < n_qblocks; ++qb) {
+        const int64_t i0 = qb * kBlockQ, rows = std::min(kBlockQ, p.Nq - i0);
+        const auto [klo, khi] = head.key_range(i0, i0 + rows);
+        const T* q_blk = head.q + i0 * p.q_sn;
+        const T* do_blk = dout + i0 * p.do_sn;
+        // delta = rowsum(dO * O): the softmax backward's correction term (O includes dropout)
+        for (int64_t r = 0; r < rows; ++r) delta[r] = dot(do_blk + r * p.do_sn, o + (i0 + r) * p.o_sn, p.Dv);
+        std::fill(dq_acc.begin(), dq_acc.end(), T(0));
+
+        for (int64_t j0 = klo; j0 < khi; j0 += BK) {
+          const int64_t cols = std::min(BK, khi - j0);
+          // P = exp(S - lse): the forward's probabilities, recomputed
+          head.scores(P.data(), BK, i0, rows, j0, cols, tanh_buf.data());
+          for (int64_t r = 0; r < rows; ++r) {
+            T* pr = P.data() + r * BK;
+            if (lse[i0 + r] == kNegInf<T>) {  // row attends nothing: P = 0, and so every gradient
+              std::fill(pr, pr + cols, T(0));
+            } else {
+              exp_shift_sum(pr, cols, lse[i0 + r]);
+            }
+          }
+          const T* p_used = P.data();  // the probabilities that multiplied V in the forward
+          if (dropout) {
+            head.dropout_keep(keep.data(), BK, i0, rows, j0, cols);
+            for (int64_t r = 0; r < rows; ++r)
+              for (int64_t c = 0; c < cols; ++c)
+                Pd[r * BK + c] = keep[r * BK + c] ? P[r * BK + c] * keep_scale : T(0);
+            p_used = Pd.data();
+          }
+          // dV[j0:] (cols, Dv) += P_used^T (cols, rows) @ dO (rows, Dv)
+          blas::gemm(true, false, cols, p.Dv, rows, T(1), p_used, BK, do_blk, p.do_sn, T(1), dv + j0 * p.Dv, p.Dv);
+          // dP (rows, cols) = dO (rows, Dv) @ V[j0:]^T (Dv, cols)
+          blas::gemm(false, true, rows, cols, p.Dv, T(1), do_blk, p.do_sn, head.v + j0 * p.v_sn, p.v_sn, T(0),
+                     dS.data(), BK);
+          // dS = P * (dP - delta), through dropout and the softcap's tanh
+          for (int64_t r = 0; r < rows; ++r) {
+            T* ds = dS.data() + r * BK;
+            const T* pr = P.data() + r * BK;
+            for (int64_t c = 0; c < cols; ++c) {
+              T dp = ds[c];
+              if (dropout) dp = keep[r * BK + c] ? dp * keep_scale : T(0);
+              T g = pr[c] * (dp - delta[r]);
+              if (p.softcap > 0) {
+                const T t = tanh_buf[r * BK + c];
+                g *= T(1) - t * t;
+              }
+              ds[c] = g;
+            }
+          }
+          // dQ (rows, D) += scale * dS (rows, cols) @ K[j0:] (cols, D)
+          blas::gemm(false, false, rows, p.D, cols, scale, dS.data(), BK, head.k + j0 * p.k_sn, p.k_sn, T(1),
+                     dq_acc.data(), p.D);
+          // dK[j0:] (cols, D) += scale * dS^T (cols, rows) @ Q (rows, D)
+          blas::gemm(true, false, cols, p.D, rows, scale, dS.data(), BK, q_blk, p.q_sn, T(1), dk + j0 * p.D, p.D);
+        }
+        std::copy_n(dq_acc.data(), rows * p.D, dq + i0 * p.D);
+      }
+    }
+  });
+}
+
+}  // namespace
+
+void attention_fwd_kernel(const AttnParams& p) {
+  if (p.dtype == at::kDouble) return forward<double>(p);
+  return forward<float>(p);
+}
+
+void attention_bwd_kernel(const AttnParams& p) {
+  if (p.dtype == at::kDouble) return backward<double>(p);
+  return backward<float>(p);
+}
+
+}  // namespace CPU_CAPABILITY
+}  // namespace zenattn::cpu

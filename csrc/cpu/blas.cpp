@@ -1,0 +1,89 @@
+#include "cpu/blas.h"
+
+#include <ATen/ATen.h>
+
+#include <dlfcn.h>
+
+namespace zenattn::cpu::blas {
+namespace {
+
+// The Fortran BLAS interface (LP64: 32-bit integers), as exported by torch's libtorch_cpu.
+template <typename T>
+using FortranGemm = void (*)(const char*, const char*, const int*, const int*, const int*, const T*,
+                             const T*, const int*, const T*, const int*, const T*, T*, const int*);
+
+template <typename T>
+FortranGemm<T> lookup(const char* symbol) {
+  // libtorch_cpu is already loaded (this extension links it), so the default namespace finds it.
+  return reinterpret_cast<FortranGemm<T>>(dlsym(RTLD_DEFAULT, symbol));
+}
+
+FortranGemm<float> sgemm() {
+  static const auto fn = lookup<float>("sgemm_");
+  return fn;
+}
+
+FortranGemm<double> dgemm() {
+  static const auto fn = lookup<double>("dgemm_");
+  return fn;
+}
+
+// MKL runs a BLAS call on one thread when it is made from inside an OpenMP parallel region, which
+// is how the kernels call it; nothing to configure.
+
+template <typename T>
+void gemm_fallback(bool ta, bool tb, int64_t m, int64_t n, int64_t k, T alpha, const T* a,
+                   int64_t lda, const T* b, int64_t ldb, T beta, T* c, int64_t ldc) {
+  const auto opts = at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value);
+  auto mat = [&](const T* p, int64_t rows, int64_t cols, int64_t ld, bool trans) {
+    at::Tensor t = at::from_blob(const_cast<T*>(p), trans ? at::IntArrayRef{cols, rows} : at::IntArrayRef{rows, cols},
+                                 {ld, 1}, opts);
+    return trans ? t.t() : t;
+  };
+  at::Tensor cm = at::from_blob(c, {m, n}, {ldc, 1}, opts);
+  at::Tensor prod = at::mm(mat(a, m, k, lda, ta), mat(b, k, n, ldb, tb));
+  if (beta == T(0)) {
+    cm.copy_(prod.mul_(alpha));
+  } else {
+    cm.mul_(beta).add_(prod, alpha);
+  }
+}
+
+template <typename T>
+void gemm_impl(FortranGemm<T> fn, bool ta, bool tb, int64_t m, int64_t n, int64_t k, T alpha,
+               const T* a, int64_t lda, const T* b, int64_t ldb, T beta, T* c, int64_t ldc) {
+  if (m == 0 || n == 0) return;
+  if (fn == nullptr) return gemm_fallback(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+  // Row-major C = op(A) op(B) is column-major C^T = op(B)^T op(A)^T, and a row-major X with row
+  // stride ld is the column-major X^T with leading dimension ld: so swap the operands.
+  const char opa = ta ? 'T' : 'N', opb = tb ? 'T' : 'N';
+  const int im = int(n), in = int(m), ik = int(k);
+  // BLAS wants leading dimensions >= the stored row length even when a dimension is 1.
+  const int ilda = int(std::max<int64_t>(lda, ta ? m : k));
+  const int ildb = int(std::max<int64_t>(ldb, tb ? k : n));
+  const int ildc = int(std::max<int64_t>(ldc, n));
+  if (k == 0) {  // BLAS would scale C by beta; keep that behaviour explicit
+    for (int64_t i = 0; i < m; ++i)
+      for (int64_t j = 0; j < n; ++j) c[i * ldc + j] = beta == T(0) ? T(0) : beta * c[i * ldc + j];
+    return;
+  }
+  fn(&opb, &opa, &im, &in, &ik, &alpha, b, &ildb, a, &ilda, &beta, c, &ildc);
+}
+
+}  // namespace
+
+void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, const float* a, int64_t lda,
+          const float* b, int64_t ldb, float beta, float* c, int64_t ldc) {
+  gemm_impl(sgemm(), ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+}
+
+void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, double alpha, const double* a,
+          int64_t lda, const double* b, int64_t ldb, double beta, double* c, int64_t ldc) {
+  gemm_impl(dgemm(), ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+}
+
+const char* backend_name() {
+  return sgemm() != nullptr ? "sgemm_/dgemm_ from torch's BLAS" : "at::mm (no BLAS symbol found)";
+}
+
+}  // namespace zenattn::cpu::blas
