@@ -190,6 +190,7 @@ std::vector<at::Tensor> attention_fwd(const at::Tensor& q, const at::Tensor& k, 
 
 std::vector<at::Tensor> attention_bwd(const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k,
                                       const at::Tensor& v, const at::Tensor& out, const at::Tensor& lse,
+                                      const std::optional<at::Tensor>& dlse,
                                       const std::optional<at::Tensor>& attn_mask,
                                       const std::optional<at::Tensor>& alibi_slopes,
                                       const std::optional<at::Tensor>& seed, double scale, double softcap,
@@ -208,7 +209,11 @@ std::vector<at::Tensor> attention_bwd(const at::Tensor& dout, const at::Tensor& 
               ": grad_output and out must have the query's dtype ", q.scalar_type());
   TORCH_CHECK(lse.device().is_cpu() && lse.sizes() == at::IntArrayRef({q.size(0), q.size(1), q.size(2)}), kOp,
               ": lse must be a CPU tensor of shape (batch, heads, q_len), got ", shape_str(lse));
-  return zenattn::cpu::attention_bwd(dout, q, k, v, out, lse, opt);
+  if (dlse.has_value()) {
+    TORCH_CHECK(dlse->device().is_cpu() && dlse->sizes() == lse.sizes(), kOp,
+                ": grad of lse must be a CPU tensor shaped like lse ", shape_str(lse), ", got ", shape_str(*dlse));
+  }
+  return zenattn::cpu::attention_bwd(dout, q, k, v, out, lse, dlse, opt);
 }
 
 py::dict build_info() {
@@ -245,7 +250,7 @@ PYBIND11_MODULE(_C, m) {
         py::arg("window_right"), py::arg("bottom_right"), py::arg("dropout_p"),
         "Flash attention forward: returns [out (B, Hq, Nq, Dv), lse (B, Hq, Nq)]");
   m.def("attention_bwd", &attention_bwd, py::arg("dout"), py::arg("q"), py::arg("k"), py::arg("v"),
-        py::arg("out"), py::arg("lse"), py::arg("attn_mask"), py::arg("alibi_slopes"), py::arg("seed"),
+        py::arg("out"), py::arg("lse"), py::arg("dlse"), py::arg("attn_mask"), py::arg("alibi_slopes"), py::arg("seed"),
         py::arg("scale"), py::arg("softcap"), py::arg("window_left"), py::arg("window_right"),
         py::arg("bottom_right"), py::arg("dropout_p"), "Flash attention backward: returns [dq, dk, dv]");
   m.def("attention_dropout_keep", &zenattn::cpu::attention_dropout_keep, py::arg("seed"), py::arg("B"),

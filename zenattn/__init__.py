@@ -2,6 +2,8 @@
 
     import zenattn
     y = zenattn.layer_norm(x, (hidden,), weight, bias)
+    o = zenattn.scaled_dot_product_attention(q, k, v, is_causal=True)   # drop-in for torch's
+    o = zenattn.attention(q, k, v, causal=True, window=(256, 0))        # masks as parameters
     ln = zenattn.nn.LayerNorm(hidden)          # drop-in for torch.nn.LayerNorm
     print(zenattn.info())                      # what is built and usable here
     print(zenattn.explain("layer_norm", x))    # which backend would run, and why
@@ -19,10 +21,10 @@ from zenattn.version import __version__
 from zenattn import backends, reference
 from zenattn import ops  # noqa: F401  (registers the zenattn:: torch.library ops)
 from zenattn.backends import BackendUnavailableError
-from zenattn.functional import layer_norm, rms_norm
+from zenattn.functional import attention, layer_norm, rms_norm, scaled_dot_product_attention
 from zenattn import nn  # noqa: E402
 
-__all__ = ["__version__", "layer_norm", "rms_norm", "nn", "info", "explain", "reference",
+__all__ = ["__version__", "attention", "scaled_dot_product_attention", "layer_norm", "rms_norm", "nn", "info", "explain", "reference",
            "backends", "BackendUnavailableError"]
 
 
@@ -43,5 +45,6 @@ backends.refresh()  # probe every backend now, so code traced by torch.compile o
 
 
 def explain(op: str, *tensors: Optional[torch.Tensor], backend: Optional[str] = None) -> str:
-    """Which backend would run ``op`` (``"layer_norm"``, ``"rms_norm"``) on these tensors, and why."""
+    """Which backend would run ``op`` (``"attention"``, ``"layer_norm"``, ``"rms_norm"``) on these
+    tensors, and why."""
     return f"zenattn {op}: " + backends.select(op, *tensors, backend=backend).describe()

@@ -174,11 +174,18 @@ def requested_backend(backend: Optional[str] = None) -> str:
     return name
 
 
-def select(op: str, *tensors: Optional[torch.Tensor], backend: Optional[str] = None) -> Choice:
-    """Choose the backend for ``op`` on ``tensors`` (first tensor decides the device)."""
+def select(op: str, *tensors: Optional[torch.Tensor], backend: Optional[str] = None,
+           check: Optional[Callable[[str], Optional[str]]] = None) -> Choice:
+    """Choose the backend for ``op`` on ``tensors`` (first tensor decides the device). ``check``,
+    if given, returns why a backend cannot take these particular arguments (say, a head dim over
+    its limit), or None."""
     requested = requested_backend(backend)
+
+    def why_not_here(name: str) -> Optional[str]:
+        return why_not(name, op, *tensors) or (check(name) if check is not None else None)
+
     if requested != "auto":
-        why = why_not(requested, op, *tensors)
+        why = why_not_here(requested)
         if why is not None:
             raise BackendUnavailableError(f"zenattn {op}: requested backend {requested!r} cannot run "
                                           f"here: {why}")
@@ -186,7 +193,7 @@ def select(op: str, *tensors: Optional[torch.Tensor], backend: Optional[str] = N
     device = next((t.device.type for t in tensors if t is not None), "cpu")
     skipped = []
     for name in PREFERENCE.get(device, ("torch",)):
-        why = why_not(name, op, *tensors)
+        why = why_not_here(name)
         if why is None:
             return Choice(name, "auto", tuple(skipped))
         skipped.append((name, why))

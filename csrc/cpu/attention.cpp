@@ -89,8 +89,9 @@ std::vector<at::Tensor> attention_fwd(const at::Tensor& q_in, const at::Tensor& 
 
 std::vector<at::Tensor> attention_bwd(const at::Tensor& dout_in, const at::Tensor& q_in, const at::Tensor& k_in,
                                       const at::Tensor& v_in, const at::Tensor& out_in, const at::Tensor& lse_in,
-                                      const AttnOptions& opt) {
+                                      const std::optional<at::Tensor>& dlse_in, const AttnOptions& opt) {
   const at::Tensor q = operand(q_in), k = operand(k_in), v = operand(v_in);
+  const at::Tensor dlse = dlse_in.has_value() ? dlse_in->to(q.scalar_type()).contiguous() : at::Tensor();
   const at::Tensor dout = operand(dout_in), o = operand(out_in);
   const at::Tensor lse = lse_in.to(q.scalar_type()).contiguous();
   at::Tensor mask_holder, alibi_holder;
@@ -99,6 +100,7 @@ std::vector<at::Tensor> attention_bwd(const at::Tensor& dout_in, const at::Tenso
   p.dout = dout.data_ptr();
   p.do_sb = dout.stride(0), p.do_sh = dout.stride(1), p.do_sn = dout.stride(2);
   p.o = o.data_ptr();
+  p.dlse = dlse.defined() ? dlse.data_ptr() : nullptr;
   p.o_sb = o.stride(0), p.o_sh = o.stride(1), p.o_sn = o.stride(2);
   const auto opts = q.options();
   at::Tensor dq = at::empty({p.B, p.Hq, p.Nq, p.D}, opts);

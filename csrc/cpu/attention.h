@@ -51,6 +51,7 @@ struct AttnParams {
   // backward inputs and outputs
   const void* dout;  int64_t do_sb, do_sh, do_sn;   // (B, Hq, Nq, Dv)
   const void* o;     int64_t o_sb, o_sh, o_sn;      // the forward's output
+  const void* dlse;                // (B, Hq, Nq) contiguous T, gradient of the returned lse, or null
   void* dq;                        // (B, Hq, Nq, D) contiguous, T
   void* dk_heads;                  // (B, Hq, Nk, D) contiguous, T: per q head, summed over groups later
   void* dv_heads;                  // (B, Hq, Nk, Dv) contiguous, T
@@ -85,7 +86,7 @@ std::vector<at::Tensor> attention_fwd(const at::Tensor& q, const at::Tensor& k, 
                                       const AttnOptions& opt);
 std::vector<at::Tensor> attention_bwd(const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k,
                                       const at::Tensor& v, const at::Tensor& out, const at::Tensor& lse,
-                                      const AttnOptions& opt);
+                                      const std::optional<at::Tensor>& dlse, const AttnOptions& opt);
 
 // The dropout keep mask the kernels draw for (seed, p): bool (B, H, Nq, Nk). For tests.
 at::Tensor attention_dropout_keep(int64_t seed, int64_t B, int64_t H, int64_t Nq, int64_t Nk, double p);

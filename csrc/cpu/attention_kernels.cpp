@@ -292,6 +292,7 @@ void backward(const AttnParams& p) {
       const T* dout = static_cast<const T*>(p.dout) + head.b * p.do_sb + head.h * p.do_sh;
       const T* o = static_cast<const T*>(p.o) + head.b * p.o_sb + head.h * p.o_sh;
       const T* lse = static_cast<const T*>(p.lse) + bh * p.Nq;
+      const T* dlse = p.dlse ? static_cast<const T*>(p.dlse) + bh * p.Nq : nullptr;
       T* dq = static_cast<T*>(p.dq) + bh * p.Nq * p.D;
       T* dk = static_cast<T*>(p.dk_heads) + bh * p.Nk * p.D;
       T* dv = static_cast<T*>(p.dv_heads) + bh * p.Nk * p.Dv;
@@ -303,8 +304,12 @@ void backward(const AttnParams& p) {
         const auto [klo, khi] = head.key_range(i0, i0 + rows);
         const T* q_blk = head.q + i0 * p.q_sn;
         const T* do_blk = dout + i0 * p.do_sn;
-        // delta = rowsum(dO * O): the softmax backward's correction term (O includes dropout)
-        for (int64_t r = 0; r < rows; ++r) delta[r] = dot(do_blk + r * p.do_sn, o + (i0 + r) * p.o_sn, p.Dv);
+        // delta = rowsum(dO * O): the softmax backward's correction term (O includes dropout).
+        // A gradient on the returned lse adds dlse * P to dS (d lse / d s = P): delta -= dlse.
+        for (int64_t r = 0; r < rows; ++r) {
+          delta[r] = dot(do_blk + r * p.do_sn, o + (i0 + r) * p.o_sn, p.Dv);
+          if (dlse) delta[r] -= dlse[i0 + r];
+        }
         std::fill(dq_acc.begin(), dq_acc.end(), T(0));
 
         for (int64_t j0 = klo; j0 < khi; j0 += BK) {

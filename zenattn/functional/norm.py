@@ -1,5 +1,5 @@
-"""zenattn's public functions. Same signatures as their ``torch.nn.functional`` twins, plus
-keyword-only extras (``residual=``, ``backend=``).
+"""LayerNorm and RMSNorm: ``zenattn.layer_norm`` and ``zenattn.rms_norm``, with torch's signatures
+plus keyword-only ``residual=`` and ``backend=``.
 """
 
 from __future__ import annotations

@@ -1,0 +1,98 @@
+"""Attention as ``torch.library`` ops in the ``zenattn`` namespace.
+
+    zenattn::attention_fwd(q, k, v, attn_mask?, alibi_slopes?, seed?, scale, softcap, window_left,
+                           window_right, bottom_right, dropout_p, deterministic, backend) -> (out, lse)
+    zenattn::attention_bwd(dout, q, k, v, out, lse, dlse?, attn_mask?, alibi_slopes?, seed?, scale, softcap,
+                           window_left, window_right, bottom_right, dropout_p, deterministic, backend)
+                           -> (dq, dk, dv)
+
+Shapes: q ``(B, Hq, Nq, D)``, k ``(B, Hkv, Nk, D)``, v ``(B, Hkv, Nk, Dv)`` (Hkv divides Hq), any
+strides with a unit last stride; out ``(B, Hq, Nq, Dv)`` in q's dtype; lse ``(B, Hq, Nq)`` float32
+(float64 for float64 input), ``-inf`` for rows that attend nothing. ``attn_mask`` broadcasts to
+``(B, Hq, Nq, Nk)`` (bool: may attend; floating: added to the scores). A window side of -1 is
+unbounded; causal attention is ``window_right = 0``; ``bottom_right`` aligns the diagonal with the
+last key (offset ``Nk - Nq``). ``seed`` is an int64 scalar tensor drawn from torch's generator
+when ``dropout_p > 0``; the kernels derive every keep/drop decision from it, so the backward redraws
+the forward's mask. ``dlse`` is the gradient of the returned lse (None when it is unused). Every backend implements these launcher signatures, so one autograd
+registration serves them all; the mask, slopes and seed get no gradient. ``deterministic`` asks
+for a backward whose result is bitwise repeatable (the cpu kernels always are).
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from zenattn import backends
+from zenattn.ops.norm import _define, _lib, _stat_dtype
+
+_SCORE_ARGS = ("Tensor? attn_mask, Tensor? alibi_slopes, Tensor? seed, float scale, float softcap, "
+               "int window_left, int window_right, bool bottom_right, float dropout_p, bool deterministic, str backend")
+
+
+def _attention_fwd(q: Tensor, k: Tensor, v: Tensor, attn_mask: Optional[Tensor], alibi_slopes: Optional[Tensor],
+                   seed: Optional[Tensor], scale: float, softcap: float, window_left: int, window_right: int,
+                   bottom_right: bool, dropout_p: float, deterministic: bool, backend: str
+                   ) -> tuple[Tensor, Tensor]:
+    out, lse = backends.launchers(backend, "attention").attention_fwd(
+        q, k, v, attn_mask, alibi_slopes, seed, scale, softcap, window_left, window_right, bottom_right,
+        dropout_p)
+    return out, lse
+
+
+def _attention_fwd_fake(q, k, v, attn_mask, alibi_slopes, seed, scale, softcap, window_left, window_right,
+                        bottom_right, dropout_p, deterministic, backend):
+    b, h, n, _ = q.shape
+    out = q.new_empty(b, h, n, v.shape[-1])
+    lse = q.new_empty(b, h, n, dtype=_stat_dtype(q.dtype))
+    return out, lse
+
+
+attention_fwd = _define(
+    f"attention_fwd(Tensor q, Tensor k, Tensor v, {_SCORE_ARGS}) -> (Tensor, Tensor)",
+    _attention_fwd, _attention_fwd_fake)
+
+
+def _attention_bwd(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor,
+                   dlse: Optional[Tensor], attn_mask: Optional[Tensor], alibi_slopes: Optional[Tensor], seed: Optional[Tensor],
+                   scale: float, softcap: float, window_left: int, window_right: int, bottom_right: bool,
+                   dropout_p: float, deterministic: bool, backend: str) -> tuple[Tensor, Tensor, Tensor]:
+    dq, dk, dv = backends.launchers(backend, "attention").attention_bwd(
+        dout, q, k, v, out, lse, dlse, attn_mask, alibi_slopes, seed, scale, softcap, window_left, window_right,
+        bottom_right, dropout_p)
+    return dq, dk, dv
+
+
+def _attention_bwd_fake(dout, q, k, v, out, lse, dlse, attn_mask, alibi_slopes, seed, scale, softcap, window_left,
+                        window_right, bottom_right, dropout_p, deterministic, backend):
+    return (torch.empty(q.shape, dtype=q.dtype, device=q.device),
+            torch.empty(k.shape, dtype=k.dtype, device=k.device),
+            torch.empty(v.shape, dtype=v.dtype, device=v.device))
+
+
+attention_bwd = _define(
+    f"attention_bwd(Tensor dout, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, Tensor? dlse, {_SCORE_ARGS})"
+    " -> (Tensor, Tensor, Tensor)", _attention_bwd, _attention_bwd_fake)
+
+
+def _attention_setup(ctx, inputs, output):
+    q, k, v, attn_mask, alibi_slopes, seed, *options = inputs
+    out, lse = output
+    ctx.save_for_backward(q, k, v, out, lse, attn_mask, alibi_slopes, seed)
+    ctx.options = options  # scale ... dropout_p, deterministic, backend (as in the schema)
+
+
+def _attention_backward(ctx, dout, dlse):
+    q, k, v, out, lse, attn_mask, alibi_slopes, seed = ctx.saved_tensors
+    if dout is None:  # only the lse was used
+        dout = torch.zeros_like(out)
+    dq, dk, dv = attention_bwd(dout, q, k, v, out, lse, dlse, attn_mask, alibi_slopes, seed, *ctx.options)
+    return (dq, dk, dv) + (None,) * 11
+
+
+torch.library.register_autograd("zenattn::attention_fwd", _attention_backward,
+                                setup_context=_attention_setup, lib=_lib)
+
+backends.register("cpu", "attention", backends.extension)
