@@ -129,6 +129,15 @@ def register(backend: str, op: str, loader: Callable[[], object]) -> None:
     refresh()
 
 
+# _CHECKS[op](backend, tensors) says why ``backend`` cannot take these particular arguments of
+# ``op`` (for example a head dim over a kernel's limit), or returns None. Set by the op's module.
+_CHECKS: dict[str, Callable[[str, tuple], Optional[str]]] = {}
+
+
+def register_check(op: str, check: Callable[[str, tuple], Optional[str]]) -> None:
+    _CHECKS[op] = check
+
+
 def launchers(backend: str, op: str):
     """The object holding ``backend``'s launchers for ``op`` (e.g. ``zenattn._C`` for cpu)."""
     return _LAUNCHERS[backend][op]()
@@ -147,9 +156,10 @@ def why_not(backend: str, op: str, *tensors: Optional[torch.Tensor]) -> Optional
             continue
         if devices is not None and t.device.type not in devices:
             return f"backend {backend!r} runs on {'/'.join(devices)} tensors, got a tensor on {t.device}"
-        if backend != "torch" and t.dtype not in KERNEL_DTYPES:
+        if backend != "torch" and t.dtype not in KERNEL_DTYPES and t.dtype != torch.bool:  # bool: masks
             return f"backend {backend!r} supports float32/float16/bfloat16/float64, got {t.dtype}"
-    return None
+    check = _CHECKS.get(op)
+    return check(backend, tensors) if check is not None else None
 
 
 @dataclass(frozen=True)
@@ -174,18 +184,11 @@ def requested_backend(backend: Optional[str] = None) -> str:
     return name
 
 
-def select(op: str, *tensors: Optional[torch.Tensor], backend: Optional[str] = None,
-           check: Optional[Callable[[str], Optional[str]]] = None) -> Choice:
-    """Choose the backend for ``op`` on ``tensors`` (first tensor decides the device). ``check``,
-    if given, returns why a backend cannot take these particular arguments (say, a head dim over
-    its limit), or None."""
+def select(op: str, *tensors: Optional[torch.Tensor], backend: Optional[str] = None) -> Choice:
+    """Choose the backend for ``op`` on ``tensors`` (first tensor decides the device)."""
     requested = requested_backend(backend)
-
-    def why_not_here(name: str) -> Optional[str]:
-        return why_not(name, op, *tensors) or (check(name) if check is not None else None)
-
     if requested != "auto":
-        why = why_not_here(requested)
+        why = why_not(requested, op, *tensors)
         if why is not None:
             raise BackendUnavailableError(f"zenattn {op}: requested backend {requested!r} cannot run "
                                           f"here: {why}")
@@ -193,7 +196,7 @@ def select(op: str, *tensors: Optional[torch.Tensor], backend: Optional[str] = N
     device = next((t.device.type for t in tensors if t is not None), "cpu")
     skipped = []
     for name in PREFERENCE.get(device, ("torch",)):
-        why = why_not_here(name)
+        why = why_not(name, op, *tensors)
         if why is None:
             return Choice(name, "auto", tuple(skipped))
         skipped.append((name, why))

@@ -136,9 +136,13 @@ def attention_ref(
         else:
             s = s + attn_mask.to(s.dtype)
     s = s.masked_fill(~allowed, float("-inf"))
-    lse = torch.logsumexp(s, dim=-1)                                       # (B, H, Nq)
-    finite = torch.isfinite(lse)[..., None]
-    p = torch.where(finite, torch.exp(s - torch.where(finite, lse[..., None], 0)), 0)
+    # Rows with no attendable key (every score -inf, from any of the masks) give p = 0 and lse = -inf;
+    # they are taken out of logsumexp, whose backward would be exp(-inf - -inf) = NaN there.
+    any_key = (s > float("-inf")).any(dim=-1, keepdim=True)                # (B, H, Nq, 1)
+    s_safe = torch.where(any_key, s, 0)
+    lse_safe = torch.logsumexp(s_safe, dim=-1, keepdim=True)
+    p = torch.where(any_key, torch.exp(s_safe - lse_safe), 0)              # (B, H, Nq, Nk)
+    lse = torch.where(any_key, lse_safe, float("-inf")).squeeze(-1)        # (B, H, Nq)
     if dropout_p > 0:
         if dropout_keep is None:
             dropout_keep = torch.rand_like(p) >= dropout_p

@@ -40,7 +40,7 @@ def _check_qkv(fn: str, q: Tensor, k: Tensor, v: Tensor) -> None:
         _fail(fn, f"batch sizes differ: query {list(q.shape)}, key {list(k.shape)}, value {list(v.shape)}")
     if k.shape[1:3] != v.shape[1:3]:
         _fail(fn, f"key {list(k.shape)} and value {list(v.shape)} must have the same heads and seq_len")
-    if k.shape[1] == 0 or q.shape[1] % k.shape[1] != 0:
+    if (k.shape[1] == 0 and q.shape[1] != 0) or (k.shape[1] != 0 and q.shape[1] % k.shape[1] != 0):
         _fail(fn, f"the number of key/value heads ({k.shape[1]}) must divide the number of query heads "
                   f"({q.shape[1]})")
     if q.shape[-1] != k.shape[-1]:
@@ -89,6 +89,20 @@ def _window_sides(fn: str, window: Window, causal: bool) -> tuple[int, int]:
             _fail(fn, f"causal=True means window right = 0, but window={tuple(window)} allows {right} future keys")
         right = 0
     return left, right
+
+
+def _head_dims_fit(backend: str, tensors: tuple) -> Optional[str]:
+    """The kernel backends' head-dim limit, for backends.select (tensors: q, k, v as given)."""
+    if backend == "torch" or len(tensors) < 3 or tensors[0] is None or tensors[2] is None:
+        return None
+    d, dv = tensors[0].shape[-1], tensors[2].shape[-1]
+    if not (1 <= d <= MAX_HEAD_DIM and 1 <= dv <= MAX_HEAD_DIM):
+        return (f"head dims must be in 1..{MAX_HEAD_DIM} for backend {backend!r}, got {d} (query/key) "
+                f"and {dv} (value)")
+    return None
+
+
+backends.register_check("attention", _head_dims_fit)
 
 
 def _autocast(q: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -178,13 +192,7 @@ def attention(
     if scale is None:
         scale = 1.0 / math.sqrt(q.shape[-1]) if q.shape[-1] > 0 else 1.0
 
-    def head_dims_fit(name: str) -> Optional[str]:
-        if name != "torch" and not (1 <= q.shape[-1] <= MAX_HEAD_DIM and 1 <= v.shape[-1] <= MAX_HEAD_DIM):
-            return (f"head dims must be in 1..{MAX_HEAD_DIM} for backend {name!r}, got {q.shape[-1]} "
-                    f"(query/key) and {v.shape[-1]} (value)")
-        return None
-
-    choice = backends.select("attention", q, k, v, attn_mask, alibi_slopes, backend=backend, check=head_dims_fit)
+    choice = backends.select("attention", q, k, v, attn_mask, backend=backend)
     if choice.backend == "torch":
         return reference.attention_ref(
             q, k, v, attn_mask=attn_mask, scale=scale, causal=causal, alignment=alignment,
@@ -199,12 +207,13 @@ def attention(
 
 
 def _as_4d(t: Tensor) -> Tensor:
-    """(..., N, E) -> (B, H, N, E): rank 2 gains batch and heads of 1, rank 3 a head dim of 1, and
-    the leading dims of rank > 4 fold into the batch."""
+    """(..., N, E) -> (B, H, N, E): rank 2 gains batch and heads of 1, rank 3 (H, N, E) a batch of 1
+    (dim -3 is the head dim, as enable_gqa reads it), and the leading dims of rank > 4 fold into
+    the batch."""
     if t.dim() == 2:
         return t[None, None]
     if t.dim() == 3:
-        return t[:, None]
+        return t[None]
     if t.dim() > 4:
         return t.reshape(-1, *t.shape[-3:])
     return t

@@ -1,0 +1,477 @@
+"""Attention edge cases: gradcheck, fully masked rows, empty inputs, strided layouts, numerical
+extremes, dropout reproducibility and determinism of the cpu kernels."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import zenattn
+from zenattn.functional.attention import _draw_seed
+from zenattn.reference import attention_ref
+
+from parity import FWD_FACTOR, GRAD_FACTOR, assert_within_rule
+
+
+def randn(*shape, dtype=torch.float32, requires_grad=False):
+    return torch.randn(*shape).to(dtype).requires_grad_(requires_grad)
+
+
+def grads_of(outputs, inputs, upstream):
+    return torch.autograd.grad(outputs, inputs, upstream)
+
+
+# ---- gradcheck in float64 --------------------------------------------------------------------------
+
+# (id, (B, Hq, Hkv, Nq, Nk, D, Dv), options). Shapes are tiny: gradcheck perturbs every element.
+GRADCHECK_CASES = [
+    ("plain", (1, 2, 2, 5, 7, 4, 3), {}),
+    ("causal", (1, 2, 2, 6, 6, 4, 4), dict(causal=True)),
+    ("causal bottom-right q shorter", (1, 2, 2, 4, 7, 4, 3), dict(causal=True, alignment="bottom_right")),
+    ("causal bottom-right q longer", (1, 2, 2, 7, 4, 4, 3),  # first 3 queries see no key
+     dict(causal=True, alignment="bottom_right")),
+    ("window", (1, 2, 2, 7, 7, 4, 3), dict(window=(2, 1))),
+    ("softcap", (1, 2, 2, 5, 7, 4, 3), dict(softcap=0.7)),  # small cap: the tanh's slope matters
+    ("alibi", (2, 2, 2, 5, 7, 4, 3), dict(alibi_slopes=torch.tensor([[0.5, 0.25], [1.0, 0.125]]))),
+    ("float mask", (1, 2, 2, 5, 7, 4, 3), dict(attn_mask=torch.randn(2, 5, 7, dtype=torch.float64))),
+    ("GQA", (1, 4, 2, 5, 7, 4, 3), dict(causal=True)),
+    ("dropout", (1, 2, 1, 5, 7, 4, 3), dict(dropout_p=0.3)),  # fixed seed inside fn: a fixed mask
+    ("everything", (2, 4, 2, 5, 7, 4, 3),
+     dict(causal=True, alignment="bottom_right", window=(3, 0), softcap=2.0,
+          alibi_slopes=torch.tensor([0.5, 0.25, 0.2, 0.1]), attn_mask=torch.randn(7, dtype=torch.float64),
+          dropout_p=0.2, scale=0.7)),
+]
+
+
+@pytest.mark.parametrize("return_lse", [False, True])
+@pytest.mark.parametrize("case", GRADCHECK_CASES, ids=[c[0] for c in GRADCHECK_CASES])
+def test_attention_gradcheck(case, return_lse):
+    _, (B, Hq, Hkv, Nq, Nk, D, Dv), opts = case
+    if return_lse and opts.get("alignment") == "bottom_right" and Nq > Nk:
+        opts = dict(opts, alignment="top_left")  # lse of an empty row is -inf: no finite differences there
+    q = torch.randn(B, Hq, Nq, D, dtype=torch.float64, requires_grad=True)
+    k = torch.randn(B, Hkv, Nk, D, dtype=torch.float64, requires_grad=True)
+    v = torch.randn(B, Hkv, Nk, Dv, dtype=torch.float64, requires_grad=True)
+
+    def fn(q, k, v):
+        torch.manual_seed(7)  # dropout: the same keep mask on every evaluation
+        return zenattn.attention(q, k, v, return_lse=return_lse, backend="cpu", **opts)
+
+    assert torch.autograd.gradcheck(fn, (q, k, v))
+
+
+def test_attention_gradcheck_noncontiguous_inputs():
+    """(B, N, H, D) buffers seen as (B, H, N, D): read in place, gradients land in the right place."""
+    qb = torch.randn(1, 5, 2, 4, dtype=torch.float64, requires_grad=True)
+    kb = torch.randn(1, 7, 2, 6, dtype=torch.float64, requires_grad=True)   # sliced to D = 4 below
+    vb = torch.randn(1, 2, 3, 7, dtype=torch.float64, requires_grad=True)   # last-dim stride != 1
+
+    def fn(qb, kb, vb):
+        return zenattn.attention(qb.transpose(1, 2), kb.transpose(1, 2)[..., :4], vb.transpose(-1, -2),
+                                 causal=True, return_lse=True, backend="cpu")
+
+    assert torch.autograd.gradcheck(fn, (qb, kb, vb))
+
+
+# ---- fully masked rows -------------------------------------------------------------------------
+
+def _empty_row_cases():
+    """(id, (B, H, Nq, Nk), options, bool (B, H, Nq) of the rows that attend nothing)."""
+    bool_mask = torch.rand(2, 1, 9, 13) > 0.3
+    bool_mask[0, :, 1] = False
+    bool_mask[1, :, 4:6] = False
+    yield "bool mask rows all False", (2, 3, 9, 13), dict(attn_mask=bool_mask), ~bool_mask.any(-1).expand(2, 3, 9)
+    float_mask = torch.randn(2, 1, 9, 13)
+    float_mask[1, :, 2] = float("-inf")
+    yield ("float mask rows all -inf", (2, 3, 9, 13), dict(attn_mask=float_mask),
+           (float_mask == float("-inf")).all(-1).expand(2, 3, 9))
+    rows = torch.arange(20)
+    yield ("window excludes every key", (2, 3, 20, 5), dict(window=(2, 2)),  # queries i >= 7 see none
+           (rows >= 7).expand(2, 3, 20))
+    yield ("causal bottom-right q longer", (2, 3, 20, 5), dict(causal=True, alignment="bottom_right"),
+           (rows < 15).expand(2, 3, 20))  # query i sees keys j <= i - 15
+    yield ("no keys", (2, 3, 9, 0), {}, torch.ones(2, 3, 9, dtype=torch.bool))
+
+
+EMPTY_ROW_CASES = list(_empty_row_cases())
+
+
+@pytest.mark.parametrize("backend", ["cpu", "torch"])  # the contract holds for every backend
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64], ids=str)
+@pytest.mark.parametrize("case", EMPTY_ROW_CASES, ids=[c[0] for c in EMPTY_ROW_CASES])
+def test_fully_masked_rows(case, dtype, backend):
+    """Output 0, lse -inf, zero gradients (even with a gradient on the lse), never NaN; the other
+    rows are unaffected."""
+    _, (B, H, Nq, Nk), opts, empty = case
+    q, k, v = (randn(B, H, n, 8, dtype=dtype, requires_grad=True) for n in (Nq, Nk, Nk))
+    out, lse = zenattn.attention(q, k, v, return_lse=True, backend=backend, **opts)
+    assert lse.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
+    assert torch.isfinite(out).all()
+    assert torch.equal(out[empty], torch.zeros_like(out[empty]))
+    assert (lse[empty] == float("-inf")).all() and torch.isfinite(lse[~empty]).all()
+    dout, dlse = torch.randn_like(out), torch.randn_like(lse)  # dlse nonzero on the empty rows too
+    dq, dk, dv = grads_of((out, lse), (q, k, v), (dout, dlse))
+    for name, g in (("dq", dq), ("dk", dk), ("dv", dv)):
+        assert not torch.isnan(g).any(), f"{name} has NaN"
+    assert torch.equal(dq[empty], torch.zeros_like(dq[empty]))
+    # The other rows against the float64 reference. The reference gets no upstream gradient on the
+    # empty rows (its logsumexp over all -inf has none) and a finite mask there, so it stays NaN-free;
+    # the empty rows then contribute nothing to its dk/dv, as they must not to ours.
+    ref_opts = dict(opts)
+    if "attn_mask" in opts and opts["attn_mask"].is_floating_point():
+        ref_opts["attn_mask"] = opts["attn_mask"].masked_fill(opts["attn_mask"] == float("-inf"), 0.0)
+    leaves = [t.detach().double().requires_grad_(True) for t in (q, k, v)]
+    ref_out, ref_lse = attention_ref(*leaves, return_lse=True, **ref_opts)
+    keep_rows = ~empty
+    ref_grads = grads_of((ref_out, ref_lse), leaves,
+                         ((dout.double() * keep_rows[..., None]), dlse.double() * keep_rows))
+    tol = dict(atol=4e-2, rtol=2e-2) if dtype == torch.bfloat16 else dict(atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out.double()[keep_rows], ref_out[keep_rows], **tol)
+    torch.testing.assert_close(lse.double()[keep_rows], ref_lse[keep_rows], **tol)
+    torch.testing.assert_close(dq.double()[keep_rows], ref_grads[0][keep_rows], **tol)
+    torch.testing.assert_close(dk.double(), ref_grads[1], **tol)
+    torch.testing.assert_close(dv.double(), ref_grads[2], **tol)
+
+
+def test_sdpa_fully_masked_rows_give_zero_not_nan():
+    """The drop-in gives 0 for a query whose float mask row is all -inf (as torch 2.13 does), and zero,
+    finite gradients."""
+    q, k, v = (randn(2, 4, n, 16, requires_grad=True) for n in (7, 11, 11))
+    mask = torch.zeros(7, 11)
+    mask[3] = float("-inf")
+    out = zenattn.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    assert torch.equal(out[:, :, 3], torch.zeros(2, 4, 16))
+    (dq,) = grads_of(out, (q,), torch.randn_like(out))
+    assert torch.equal(dq[:, :, 3], torch.zeros(2, 4, 16)) and torch.isfinite(dq).all()
+
+
+# ---- empty inputs ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("shape", [
+    (0, 3, 5, 7),   # batch 0
+    (2, 3, 0, 7),   # no queries: dk, dv are 0
+    (2, 3, 5, 0),   # no keys: out 0, lse -inf
+    (2, 3, 0, 0),   # neither
+])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
+def test_empty_inputs(shape, dtype):
+    B, H, Nq, Nk = shape
+    q = randn(B, H, Nq, 8, dtype=dtype, requires_grad=True)
+    k = randn(B, H, Nk, 8, dtype=dtype, requires_grad=True)
+    v = randn(B, H, Nk, 6, dtype=dtype, requires_grad=True)
+    out, lse = zenattn.attention(q, k, v, causal=True, return_lse=True, backend="cpu")
+    assert out.shape == (B, H, Nq, 6) and out.dtype == dtype and lse.shape == (B, H, Nq)
+    assert torch.equal(out, torch.zeros_like(out))  # either empty, or rows with no key
+    assert (lse == float("-inf")).all()
+    dq, dk, dv = grads_of(out, (q, k, v), torch.randn_like(out))
+    assert (dq.shape, dk.shape, dv.shape) == (q.shape, k.shape, v.shape)
+    for g in (dq, dk, dv):
+        assert torch.equal(g, torch.zeros_like(g))
+
+
+# ---- non-contiguous layouts --------------------------------------------------------------------------
+
+def _layout(name, B, H, N, D, dtype):
+    """(leaf, view): what the op sees is view(leaf)."""
+    if name == "contiguous":
+        return randn(B, H, N, D, dtype=dtype), lambda t: t
+    if name == "transposed":      # (B, N, H, D) -> (B, H, N, D), the layout after a qkv projection
+        return randn(B, N, H, D, dtype=dtype), lambda t: t.transpose(1, 2)
+    if name == "sliced":          # last dim cut from a wider buffer, every other row of a longer one
+        return randn(B, H, 2 * N, D + 5, dtype=dtype), lambda t: t[:, :, ::2, :D]
+    if name == "expanded":        # stride-0 batch and heads
+        return randn(1, 1, N, D, dtype=dtype), lambda t: t.expand(B, H, N, D)
+    if name == "last-dim strided":  # stride(-1) != 1: must be copied, never misread
+        return randn(B, H, D, N, dtype=dtype), lambda t: t.transpose(-1, -2)
+    raise ValueError(name)
+
+
+LAYOUTS = ["transposed", "sliced", "expanded", "last-dim strided"]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_noncontiguous_inputs_match_contiguous(layout, dtype):
+    B, H, N, D = 2, 4, 67, 40
+    views = []
+    for n, d in ((N, D), (N + 10, D), (N + 10, 24)):  # q, k, v (Nk != Nq, Dv != D)
+        leaf, view = _layout(layout, B, H, n, d, dtype)
+        views.append(view(leaf.requires_grad_(True)))
+    q, k, v = views
+    dense = [t.detach().contiguous().requires_grad_(True) for t in views]
+    mask = torch.randn(N, N + 10).to(dtype)
+    opts = dict(causal=True, alignment="bottom_right", attn_mask=mask, backend="cpu")
+    out, lse = zenattn.attention(q, k, v, return_lse=True, **opts)
+    out_d, lse_d = zenattn.attention(*dense, return_lse=True, **opts)
+    # Not bitwise: BLAS may round differently for another row stride (seen: 2e-7 in fp32 for a
+    # sliced q). A misread stride would be off by O(1).
+    tol = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=1.6e-2, atol=1.6e-2)
+    torch.testing.assert_close(out, out_d, **tol)
+    torch.testing.assert_close(lse, lse_d, rtol=1e-5, atol=1e-5)
+    dout = torch.randn_like(out)
+    for g, g_d in zip(grads_of(out, (q, k, v), dout), grads_of(out_d, dense, dout)):
+        torch.testing.assert_close(g, g_d, **tol)
+
+
+@pytest.mark.parametrize("kind", ["bool", "float"])
+def test_noncontiguous_mask(kind):
+    """A transposed, expanded mask is read through its strides."""
+    q, k, v = (randn(2, 3, n, 16) for n in (19, 23, 23))
+    base = torch.rand(23, 19) > 0.3 if kind == "bool" else torch.randn(23, 19)
+    mask = base.t()[None].expand(3, 19, 23)      # strides (0, 1, 19)
+    got = zenattn.attention(q, k, v, attn_mask=mask, backend="cpu")
+    torch.testing.assert_close(got, zenattn.attention(q, k, v, attn_mask=mask.contiguous(), backend="cpu"),
+                               rtol=0, atol=0)
+    ref = attention_ref(q.double(), k.double(), v.double(), attn_mask=mask)
+    torch.testing.assert_close(got.double(), ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_transposed_upstream_gradient(dtype):
+    q, k, v = (randn(2, 4, 67, 40, dtype=dtype, requires_grad=True) for _ in range(3))
+    out = zenattn.attention(q, k, v, causal=True, backend="cpu")
+    dout_t = torch.randn(2, 67, 4, 40).to(dtype).transpose(1, 2)   # (B, N, H, D) memory
+    got = grads_of(out, (q, k, v), dout_t)
+    out = zenattn.attention(q, k, v, causal=True, backend="cpu")
+    want = grads_of(out, (q, k, v), dout_t.contiguous())
+    for g, w in zip(got, want):
+        assert torch.equal(g, w)
+    dout_e = torch.randn(1, 1, 1, 40).to(dtype).expand(2, 4, 67, 40)  # stride-0 upstream gradient
+    out = zenattn.attention(q, k, v, causal=True, backend="cpu")
+    got = grads_of(out, (q, k, v), dout_e)
+    out = zenattn.attention(q, k, v, causal=True, backend="cpu")
+    for g, w in zip(got, grads_of(out, (q, k, v), dout_e.contiguous())):
+        assert torch.equal(g, w)
+
+
+# ---- numerical extremes -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype, scale", [
+    (torch.float32, 5.0),
+    (torch.bfloat16, 5.0),
+    (torch.float16, 5.0),
+    (torch.float16, 3.0),
+    (torch.float32, 100.0),   # scores around 1e4 * D / sqrt(D): softmax is one-hot
+])
+def test_scaled_inputs_finite_and_within_rule(dtype, scale):
+    q, k, v = ((torch.randn(2, 3, 67, 40) * scale).to(dtype) for _ in range(3))
+    dout = torch.randn(2, 3, 67, 40).to(dtype)
+    results = {}
+    for impl in ("zen", "torch", "ref"):
+        leaves = [(t.double() if impl == "ref" else t).requires_grad_(True) for t in (q, k, v)]
+        if impl == "zen":
+            out = zenattn.attention(*leaves, causal=True, backend="cpu")
+        elif impl == "torch":
+            out = F.scaled_dot_product_attention(*leaves, is_causal=True)
+        else:
+            out = attention_ref(*leaves, causal=True)
+        results[impl] = (out.detach(), grads_of(out, leaves, dout.to(out.dtype)))
+    for t in (results["zen"][0], *results["zen"][1]):
+        assert torch.isfinite(t).all()
+    assert_within_rule("out", results["zen"][0], results["torch"][0], results["ref"][0], FWD_FACTOR, dtype)
+    for i, name in enumerate(("dq", "dk", "dv")):
+        assert_within_rule(name, results["zen"][1][i], results["torch"][1][i], results["ref"][1][i],
+                           GRAD_FACTOR, dtype)
+
+
+def _bf16_run(impl, q, k, v, dout):
+    leaves = [(t.double() if impl == "ref" else t).clone().requires_grad_(True) for t in (q, k, v)]
+    if impl == "zen":
+        out = zenattn.attention(*leaves, backend="cpu")
+    elif impl == "torch":
+        out = F.scaled_dot_product_attention(*leaves)
+    else:
+        out = attention_ref(*leaves)
+    return (out.detach(), *grads_of(out, leaves, dout.to(out.dtype)))
+
+
+def test_bf16_values_near_1e5():
+    """bf16 values around 1e5 (133120 is a bf16 value) as V: finite, and within the rule."""
+    v = (133120.0 + torch.randn(2, 3, 37, 32) * 2e4).bfloat16()
+    q, k = (torch.randn(2, 3, 37, 32).bfloat16() for _ in range(2))
+    dout = torch.randn(2, 3, 37, 32).bfloat16()
+    ours, theirs, ref = (_bf16_run(impl, q, k, v, dout) for impl in ("zen", "torch", "ref"))
+    for t in ours:
+        assert torch.isfinite(t).all()
+    assert_within_rule("out", ours[0], theirs[0], ref[0], FWD_FACTOR, torch.bfloat16)
+    for name, o, t, r in zip(("dq", "dk", "dv"), ours[1:], theirs[1:], ref[1:]):
+        assert_within_rule(name, o, t, r, GRAD_FACTOR, torch.bfloat16)
+
+
+def test_bf16_queries_and_keys_near_1e5():
+    """bf16 Q and K around 1e5: scores near 1e10 make every softmax row one-hot. torch's own bf16
+    SDPA gives NaN gradients here (seen with torch 2.13), so the rule has nothing to compare with:
+    ours must be finite, the output exact up to bf16 rounding, and the gradients off by no more
+    than fp32 rounding of the ~1e10 scores (relative 1e-5 of |q|, |k|), 1 bf16 ulp for dv."""
+    q = (133120.0 + torch.randn(2, 3, 37, 32) * 2e4).bfloat16()
+    k = (q.float() * -0.5 + torch.randn(2, 3, 37, 32) * 1e4).bfloat16()
+    v = torch.randn(2, 3, 37, 32).bfloat16()
+    dout = torch.randn(2, 3, 37, 32).bfloat16()
+    ours, ref = _bf16_run("zen", q, k, v, dout), _bf16_run("ref", q, k, v, dout)
+    for t in ours:
+        assert torch.isfinite(t).all()
+    torch.testing.assert_close(ours[0].double(), ref[0], rtol=8e-3, atol=8e-3)
+    big = max(q.abs().max().item(), k.abs().max().item())
+    for name, o, r in zip(("dq", "dk"), ours[1:3], ref[1:3]):
+        assert (o.double() - r).abs().max().item() <= 1e-5 * big, name
+    torch.testing.assert_close(ours[3].double(), ref[3], rtol=1.6e-2, atol=1.6e-2)
+
+
+# ---- dropout ----------------------------------------------------------------------------------
+
+def _dropout_run(seed, q, k, v, dout, **opts):
+    torch.manual_seed(seed)
+    out = zenattn.attention(q, k, v, dropout_p=0.3, backend="cpu", **opts)
+    return (out, *grads_of(out, (q, k, v), dout))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_dropout_same_seed_same_result(dtype):
+    q, k, v = (randn(2, 4, n, 32, dtype=dtype, requires_grad=True) for n in (67, 131, 131))
+    dout = randn(2, 4, 67, 32, dtype=dtype)
+    a = _dropout_run(11, q, k, v, dout, causal=True)
+    b = _dropout_run(11, q, k, v, dout, causal=True)
+    for x, y in zip(a, b):
+        assert torch.equal(x, y)
+    c = _dropout_run(12, q, k, v, dout, causal=True)
+    for x, y in zip(a, c):
+        assert not torch.equal(x, y)
+    no_dropout = zenattn.attention(q, k, v, causal=True, backend="cpu")
+    assert not torch.equal(a[0], no_dropout)
+
+
+def test_dropout_consumes_torch_generator():
+    """Two calls in a row draw two different masks (the seed comes from torch's generator)."""
+    q = randn(1, 2, 33, 16)
+    torch.manual_seed(3)
+    a = zenattn.attention(q, q, q, dropout_p=0.5, backend="cpu")
+    b = zenattn.attention(q, q, q, dropout_p=0.5, backend="cpu")
+    assert not torch.equal(a, b)
+    torch.manual_seed(3)
+    assert torch.equal(a, zenattn.attention(q, q, q, dropout_p=0.5, backend="cpu"))
+
+
+@pytest.mark.parametrize("p", [0.1, 0.5, 0.9])
+@pytest.mark.parametrize("case", [
+    ((2, 4, 4, 67, 131, 40, 24), {}),
+    ((2, 6, 2, 37, 131, 40, 40), dict(causal=True, alignment="bottom_right", window=(50, 0))),  # GQA + window
+    ((1, 2, 2, 129, 129, 59, 59), dict(softcap=3.0, alibi_slopes=torch.tensor([0.3, 0.1]))),
+])
+def test_dropout_matches_reference_with_kernel_mask(case, p):
+    """In float64 the kernel equals attention_ref given the kernel's own keep mask: forward, lse and
+    all three gradients."""
+    (B, Hq, Hkv, Nq, Nk, D, Dv), opts = case
+    q = torch.randn(B, Hq, Nq, D, dtype=torch.float64, requires_grad=True)
+    k = torch.randn(B, Hkv, Nk, D, dtype=torch.float64, requires_grad=True)
+    v = torch.randn(B, Hkv, Nk, Dv, dtype=torch.float64, requires_grad=True)
+    torch.manual_seed(21)
+    seed = int(_draw_seed())
+    keep = zenattn._C.attention_dropout_keep(seed, B, Hq, Nq, Nk, p)
+    assert keep.shape == (B, Hq, Nq, Nk) and keep.dtype == torch.bool
+    torch.manual_seed(21)
+    out, lse = zenattn.attention(q, k, v, dropout_p=p, return_lse=True, backend="cpu", **opts)
+    ref, ref_lse = attention_ref(q, k, v, dropout_p=p, dropout_keep=keep, return_lse=True, **opts)
+    torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(lse, ref_lse, rtol=1e-10, atol=1e-12)  # lse is taken before dropout
+    dout, dlse = torch.randn_like(out), torch.randn_like(lse)
+    for g, r in zip(grads_of((out, lse), (q, k, v), (dout, dlse)), grads_of((ref, ref_lse), (q, k, v), (dout, dlse))):
+        torch.testing.assert_close(g, r, rtol=1e-10, atol=1e-11)
+
+
+@pytest.mark.parametrize("p", [0.1, 0.5])
+def test_dropout_keep_mask_drop_fraction(p):
+    """Over 2M draws the drop fraction is within 0.01 of p, overall and in every key position mod
+    4 (one Philox call covers four keys), and masks differ between heads and rows."""
+    keep = zenattn._C.attention_dropout_keep(987654321, 2, 4, 256, 1024, p)
+    dropped = 1.0 - keep.double()
+    assert abs(dropped.mean().item() - p) < 0.01
+    for lane in range(4):
+        assert abs(dropped[..., lane::4].mean().item() - p) < 0.01
+    assert not torch.equal(keep[0, 0], keep[0, 1]) and not torch.equal(keep[0, 0], keep[1, 0])
+    assert not torch.equal(keep[0, 0, 0], keep[0, 0, 1])
+    other = zenattn._C.attention_dropout_keep(987654322, 2, 4, 256, 1024, p)
+    assert (other != keep).double().mean().item() > 0.5 * 2 * p * (1 - p)  # independent masks differ often
+
+
+@pytest.mark.parametrize("p", [0.1, 0.5])
+def test_dropout_kernel_drops_what_the_mask_says(p):
+    """With q = 0 every probability is 1/Nk, and V = identity makes out[i, j] = keep[i, j] / (Nk (1 - p)):
+    the kernel's applied mask, read back without the reference, has drop fraction p and equals
+    attention_dropout_keep for its seed."""
+    B, H, Nq, Nk = 1, 4, 512, 256  # Dv = Nk = 256, the largest head dim
+    q, k = torch.zeros(B, H, Nq, 8), torch.randn(B, H, Nk, 8)
+    v = torch.eye(Nk).expand(B, H, Nk, Nk)
+    torch.manual_seed(5)
+    out = zenattn.attention(q, k, v, dropout_p=p, backend="cpu")
+    kept = out * (Nk * (1 - p))
+    assert torch.allclose(kept, kept.round(), atol=1e-4)  # every entry is 0 or 1
+    kept = kept.round().bool()
+    assert abs(1 - kept.double().mean().item() - p) < 0.01
+    torch.manual_seed(5)
+    assert torch.equal(kept, zenattn._C.attention_dropout_keep(int(_draw_seed()), B, H, Nq, Nk, p))
+
+
+def test_dropout_independent_of_thread_count():
+    q, k, v = (randn(2, 4, n, 32, requires_grad=True) for n in (67, 131, 131))
+    dout = randn(2, 4, 67, 32)
+    threads = torch.get_num_threads()
+    try:
+        results = []
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            results.append(_dropout_run(3, q, k, v, dout))
+    finally:
+        torch.set_num_threads(threads)
+    for a, b in zip(*results):
+        assert torch.equal(a, b)
+
+
+def test_sdpa_dropout_reproducible():
+    q, k, v = (randn(2, 4, 37, 16) for _ in range(3))
+    torch.manual_seed(9)
+    a = zenattn.scaled_dot_product_attention(q, k, v, dropout_p=0.4)
+    torch.manual_seed(9)
+    b = zenattn.scaled_dot_product_attention(q, k, v, dropout_p=0.4)
+    assert torch.equal(a, b)
+    assert not torch.equal(a, zenattn.scaled_dot_product_attention(q, k, v))
+
+
+# ---- determinism --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_deterministic_backward_bitwise_repeatable(dtype):
+    """deterministic=True: repeated backward passes give bitwise identical gradients (GQA, so dk/dv
+    are reduced over head groups)."""
+    q = randn(2, 6, 131, 40, dtype=dtype, requires_grad=True)
+    k, v = (randn(2, 2, 197, 40, dtype=dtype, requires_grad=True) for _ in range(2))
+    dout = randn(2, 6, 131, 40, dtype=dtype)
+    first = None
+    for _ in range(5):  # a handful; the checklist's 50 are for the GPU kernels' atomics
+        out, lse = zenattn.attention(q, k, v, causal=True, alignment="bottom_right", return_lse=True,
+                                     deterministic=True, backend="cpu")
+        grads = grads_of((out, lse), (q, k, v), (dout, torch.ones_like(lse)))
+        if first is None:
+            first = grads
+        for g, f in zip(grads, first):
+            assert torch.equal(g, f)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_result_independent_of_thread_count(dtype):
+    q = randn(2, 6, 131, 40, dtype=dtype, requires_grad=True)
+    k, v = (randn(2, 3, 197, 40, dtype=dtype, requires_grad=True) for _ in range(2))
+    dout = randn(2, 6, 131, 40, dtype=dtype)
+    mask = torch.randn(131, 197).to(dtype)
+    threads = torch.get_num_threads()
+    results = []
+    try:
+        for n in (1, 2, 1, 2):
+            torch.set_num_threads(n)
+            out = zenattn.attention(q, k, v, attn_mask=mask, window=(40, 10), backend="cpu")
+            results.append((out, *grads_of(out, (q, k, v), dout)))
+    finally:
+        torch.set_num_threads(threads)
+    for r in results[1:]:
+        for a, b in zip(r, results[0]):
+            assert torch.equal(a, b)
