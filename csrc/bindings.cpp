@@ -132,7 +132,7 @@ void check_qkv(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
   TORCH_CHECK(k.size(1) == v.size(1) && k.size(2) == v.size(2), kOp,
               ": key and value must have the same heads and sequence length, got key ", shape_str(k),
               " and value ", shape_str(v));
-  TORCH_CHECK(k.size(1) > 0 && q.size(1) % k.size(1) == 0, kOp, ": the number of key/value heads (",
+  TORCH_CHECK(k.size(1) > 0 ? q.size(1) % k.size(1) == 0 : q.size(1) == 0, kOp, ": the number of key/value heads (",
               k.size(1), ") must divide the number of query heads (", q.size(1), ")");
   TORCH_CHECK(k.size(3) == q.size(3), kOp, ": query and key head dims differ: ", q.size(3), " vs ", k.size(3));
   TORCH_CHECK(q.size(3) >= 1 && q.size(3) <= kMaxHeadDim && v.size(3) >= 1 && v.size(3) <= kMaxHeadDim, kOp,
