@@ -1,7 +1,7 @@
 // Flash attention forward and backward on the CPU (compiled once per instruction set, see
 // CMakeLists.txt). FlashAttention-2's schedule (Dao, 2023) on CPU threads:
 //
-//   forward   one work item per (batch, q head, block of kBlockQ queries). Scores for a block of
+//   forward   one work item per (batch, q head, block of up to 256 queries). Scores for a block of
 //             keys come from one BLAS product, the online softmax rescales the running output
 //             in place, and a second product adds P @ V. Only O and the log-sum-exp are stored.
 //   backward  one work item per (batch, q head), walking its query blocks in order: each tile
@@ -10,7 +10,7 @@
 //             Every gradient element is summed by one thread in a fixed order, so the backward is
 //             deterministic; dK/dV are kept per q head and summed over each GQA group afterwards.
 //
-// Nothing of size Nq x Nk is ever allocated: scratch is a few (kBlockQ x kBlockK) tiles per thread.
+// Nothing of size Nq x Nk is ever allocated: scratch is a few (query block x key block) tiles per thread.
 #include "cpu/attention.h"
 #include "cpu/blas.h"
 #include "common/philox.h"
@@ -31,9 +31,21 @@ namespace {
 
 using at::vec::Vectorized;
 
-constexpr int64_t kBlockQ = 64;       // queries per tile
-constexpr int64_t kFwdBlockK = 512;   // keys per tile in the forward (scores tile: 128 KiB fp32)
-constexpr int64_t kBwdBlockK = 128;   // keys per tile in the backward (four tiles live at once)
+// Tile sizes, measured on the 2-core AVX512 VM (B=1, H=8, N=2048-4096, D=64/128, fp32; see
+// benchmarks/results/): larger query blocks amortize the BLAS's packing of each K/V tile.
+constexpr int64_t kFwdBlockQ = 256;   // queries per forward tile, at most (see fwd_block_q)
+constexpr int64_t kFwdBlockK = 512;   // keys per forward tile (scores tile: 512 KiB fp32)
+constexpr int64_t kBwdBlockQ = 256;   // queries per backward tile
+constexpr int64_t kBwdBlockK = 256;   // keys per backward tile (up to four such tiles live at once)
+
+// The forward's query block: kFwdBlockQ, halved (down to 32) while that leaves fewer than four
+// work items per thread, so short or few sequences still spread over every thread.
+int64_t fwd_block_q(const AttnParams& p) {
+  const int64_t want = 4 * int64_t(at::get_num_threads());
+  int64_t bq = kFwdBlockQ;
+  while (bq > 32 && p.B * p.Hq * ((p.Nq + bq - 1) / bq) < want) bq /= 2;
+  return bq;
+}
 
 template <typename T>
 constexpr T kNegInf = -std::numeric_limits<T>::infinity();
@@ -237,17 +249,18 @@ struct Head {
 
 template <typename T>
 void forward(const AttnParams& p) {
-  const int64_t n_qblocks = (p.Nq + kBlockQ - 1) / kBlockQ;
+  const int64_t BQ = fwd_block_q(p);
+  const int64_t n_qblocks = (p.Nq + BQ - 1) / BQ;
   const bool dropout = p.dropout_p > 0;
   const T keep_scale = dropout ? T(1) / T(1 - p.dropout_p) : T(1);
   at::parallel_for(0, p.B * p.Hq * n_qblocks, 1, [&](int64_t begin, int64_t end) {
-    std::vector<T> S(kBlockQ * kFwdBlockK), acc(kBlockQ * p.Dv), m(kBlockQ), l(kBlockQ);
-    std::vector<T> tanh_buf(p.softcap > 0 ? kBlockQ * kFwdBlockK : 0);
-    std::vector<uint8_t> keep(dropout ? kBlockQ * kFwdBlockK : 0);
+    std::vector<T> S(BQ * kFwdBlockK), acc(BQ * p.Dv), m(BQ), l(BQ);
+    std::vector<T> tanh_buf(p.softcap > 0 ? BQ * kFwdBlockK : 0);
+    std::vector<uint8_t> keep(dropout ? BQ * kFwdBlockK : 0);
     for (int64_t item = begin; item < end; ++item) {
       const int64_t qb = item % n_qblocks, bh = item / n_qblocks;
       const Head<T> head(p, bh / p.Hq, bh % p.Hq);
-      const int64_t i0 = qb * kBlockQ, rows = std::min(kBlockQ, p.Nq - i0);
+      const int64_t i0 = qb * BQ, rows = std::min(BQ, p.Nq - i0);
       const auto [klo, khi] = head.key_range(i0, i0 + rows);
       std::fill(m.begin(), m.end(), kNegInf<T>);
       std::fill(l.begin(), l.end(), T(0));
@@ -296,15 +309,15 @@ void forward(const AttnParams& p) {
 
 template <typename T>
 void backward(const AttnParams& p) {
-  constexpr int64_t BK = kBwdBlockK;
-  const int64_t n_qblocks = (p.Nq + kBlockQ - 1) / kBlockQ;
+  constexpr int64_t BK = kBwdBlockK, BQ = kBwdBlockQ;
+  const int64_t n_qblocks = (p.Nq + BQ - 1) / BQ;
   const bool dropout = p.dropout_p > 0;
   const T keep_scale = dropout ? T(1) / T(1 - p.dropout_p) : T(1);
   const T scale = T(p.scale);
   at::parallel_for(0, p.B * p.Hq, 1, [&](int64_t begin, int64_t end) {
-    std::vector<T> P(kBlockQ * BK), dS(kBlockQ * BK), dq_acc(kBlockQ * p.D), delta(kBlockQ);
-    std::vector<T> Pd(dropout ? kBlockQ * BK : 0), tanh_buf(p.softcap > 0 ? kBlockQ * BK : 0);
-    std::vector<uint8_t> keep(dropout ? kBlockQ * BK : 0);
+    std::vector<T> P(BQ * BK), dS(BQ * BK), dq_acc(BQ * p.D), delta(kBwdBlockQ);
+    std::vector<T> Pd(dropout ? BQ * BK : 0), tanh_buf(p.softcap > 0 ? BQ * BK : 0);
+    std::vector<uint8_t> keep(dropout ? BQ * BK : 0);
     for (int64_t bh = begin; bh < end; ++bh) {
       const Head<T> head(p, bh / p.Hq, bh % p.Hq);
       const T* dout = static_cast<const T*>(p.dout) + head.b * p.do_sb + head.h * p.do_sh;
@@ -318,7 +331,7 @@ void backward(const AttnParams& p) {
       std::fill(dv, dv + p.Nk * p.Dv, T(0));
 
       for (int64_t qb = 0; qb < n_qblocks; ++qb) {
-        const int64_t i0 = qb * kBlockQ, rows = std::min(kBlockQ, p.Nq - i0);
+        const int64_t i0 = qb * BQ, rows = std::min(BQ, p.Nq - i0);
         const auto [klo, khi] = head.key_range(i0, i0 + rows);
         const T* q_blk = head.q + i0 * p.q_sn;
         const T* do_blk = dout + i0 * p.do_sn;
