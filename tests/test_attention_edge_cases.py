@@ -3,6 +3,11 @@ extremes, dropout reproducibility and determinism of the cpu kernels."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import textwrap
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -475,3 +480,49 @@ def test_result_independent_of_thread_count(dtype):
     for r in results[1:]:
         for a, b in zip(r, results[0]):
             assert torch.equal(a, b)
+
+
+# ---- every instruction-set build, and both matrix-product paths ------------------------------------
+
+@pytest.mark.parametrize("isa, blas", [
+    ("default", "blas"), ("avx2", "blas"), ("avx512", "blas"),  # each compiled kernel set
+    ("avx512", "aten"),  # the at::mm fallback for a torch that exports no BLAS symbols
+])
+def test_every_cpu_isa_build_and_gemm_path(isa, blas):
+    """ATEN_CPU_CAPABILITY picks which kernel build runs and ZENATTN_CPU_BLAS=aten forces the
+    fallback matrix products; each combination must match the float64 reference, forward and grads."""
+    code = textwrap.dedent("""
+        import torch, zenattn
+        from zenattn.reference import attention_ref
+        torch.manual_seed(0)
+        ext = zenattn.info()["extension"]
+        print(ext["cpu_isa"], "aten" if ext["cpu_blas"].startswith("at::mm") else "blas")
+        cases = [dict(), dict(causal=True, alignment="bottom_right"), dict(window=(5, 2)),
+                 dict(softcap=3.0, alibi_slopes=torch.tensor([0.5, 0.25, 0.125, 0.1]))]
+        for dtype, tol in ((torch.float32, 1e-5), (torch.bfloat16, 3e-2), (torch.float64, 1e-12)):
+            for kw in cases:
+                q = torch.randn(2, 4, 37, 24).to(dtype).requires_grad_(True)
+                k = torch.randn(2, 2, 45, 24).to(dtype).requires_grad_(True)   # GQA, Nk != Nq
+                v = torch.randn(2, 2, 45, 17).to(dtype).requires_grad_(True)   # Dv != D
+                dy = torch.randn(2, 4, 37, 17).to(dtype)
+                out = zenattn.attention(q, k, v, backend="cpu", **kw)
+                ref_in = [t.detach().double().requires_grad_(True) for t in (q, k, v)]
+                ref = attention_ref(*ref_in, **kw)
+                got, want = torch.autograd.grad(out, (q, k, v), dy), torch.autograd.grad(ref, ref_in, dy.double())
+                assert (out.double() - ref).abs().max() < tol * 10, (dtype, kw)
+                for g, r in zip(got, want):
+                    rel = (g.double() - r).abs().max().item() / (1 + r.abs().max().item())
+                    assert rel < tol * 10, (dtype, kw, rel)
+        print("ok")
+    """)
+    env = dict(os.environ, ATEN_CPU_CAPABILITY=isa)
+    if blas == "aten":
+        env["ZENATTN_CPU_BLAS"] = "aten"
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ran_isa, ran_blas, status = proc.stdout.split()
+    assert status == "ok"
+    assert ran_blas == blas
+    cpu_has = torch.backends.cpu.get_cpu_capability()
+    if isa == "default" or isa.upper() in cpu_has or cpu_has == "AVX512":
+        assert ran_isa == isa.upper(), f"asked for {isa}, ran {ran_isa}"

@@ -4,6 +4,9 @@
 
 #include <dlfcn.h>
 
+#include <cstdlib>
+#include <string>
+
 namespace zenattn::cpu::blas {
 namespace {
 
@@ -12,8 +15,19 @@ template <typename T>
 using FortranGemm = void (*)(const char*, const char*, const int*, const int*, const int*, const T*,
                              const T*, const int*, const T*, const int*, const T*, T*, const int*);
 
+// ZENATTN_CPU_BLAS=aten skips the BLAS symbols and takes the at::mm fallback (tests use it to
+// check that path on machines whose torch does export them).
+bool fallback_forced() {
+  static const bool forced = [] {
+    const char* v = std::getenv("ZENATTN_CPU_BLAS");
+    return v != nullptr && std::string(v) == "aten";
+  }();
+  return forced;
+}
+
 template <typename T>
 FortranGemm<T> lookup(const char* symbol) {
+  if (fallback_forced()) return nullptr;
   // libtorch_cpu is already loaded (this extension links it), so the default namespace finds it.
   return reinterpret_cast<FortranGemm<T>>(dlsym(RTLD_DEFAULT, symbol));
 }
@@ -83,7 +97,8 @@ void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, double alpha, const
 }
 
 const char* backend_name() {
-  return sgemm() != nullptr ? "sgemm_/dgemm_ from torch's BLAS" : "at::mm (no BLAS symbol found)";
+  if (sgemm() != nullptr) return "sgemm_/dgemm_ from torch's BLAS";
+  return fallback_forced() ? "at::mm (ZENATTN_CPU_BLAS=aten)" : "at::mm (no BLAS symbol found)";
 }
 
 }  // namespace zenattn::cpu::blas

@@ -1,5 +1,6 @@
 // Row-major matrix products for the CPU kernels, on the BLAS that torch itself links (MKL in the
-// x86-64 wheels, OpenBLAS elsewhere), found at load time; ATen's at::mm_out where none is exported.
+// x86-64 wheels, OpenBLAS elsewhere), found at load time; ATen's at::mm where none is exported
+// (or when ZENATTN_CPU_BLAS=aten asks for it).
 #pragma once
 
 #include <cstdint>
@@ -15,7 +16,7 @@ void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alp
 void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, double alpha, const double* a,
           int64_t lda, const double* b, int64_t ldb, double beta, double* c, int64_t ldc);
 
-// "sgemm_ from torch's BLAS" or "at::mm_out (no BLAS symbol found)".
+// Which of the two paths runs, for zenattn.info().
 const char* backend_name();
 
 }  // namespace zenattn::cpu::blas
