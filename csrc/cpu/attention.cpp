@@ -104,18 +104,20 @@ std::vector<at::Tensor> attention_bwd(const at::Tensor& dout_in, const at::Tenso
   p.o_sb = o.stride(0), p.o_sh = o.stride(1), p.o_sn = o.stride(2);
   const auto opts = q.options();
   at::Tensor dq = at::empty({p.B, p.Hq, p.Nq, p.D}, opts);
-  // dK/dV per q head: a GQA group's heads are summed below, in a fixed order.
-  at::Tensor dk_heads = at::empty({p.B, p.Hq, p.Nk, p.D}, opts);
-  at::Tensor dv_heads = at::empty({p.B, p.Hq, p.Nk, p.Dv}, opts);
+  // dK/dV per (q head, query chunk): a GQA group's heads and a head's chunks are summed below, in
+  // a fixed order. Without GQA and with one chunk they are dK/dV themselves.
+  p.q_chunks = attention_bwd_q_chunks(p.B, p.Hq, p.Nq);
+  at::Tensor dk_parts = at::empty({p.B, p.Hq * p.q_chunks, p.Nk, p.D}, opts);
+  at::Tensor dv_parts = at::empty({p.B, p.Hq * p.q_chunks, p.Nk, p.Dv}, opts);
   p.dq = dq.data_ptr();
-  p.dk_heads = dk_heads.data_ptr();
-  p.dv_heads = dv_heads.data_ptr();
+  p.dk_parts = dk_parts.data_ptr();
+  p.dv_parts = dv_parts.data_ptr();
   if (p.B * p.Hq > 0) run_bwd(p);
-  at::Tensor dk = dk_heads, dv = dv_heads;
-  if (p.Hq != p.Hkv) {
-    const int64_t g = p.Hq / p.Hkv;
-    dk = dk_heads.view({p.B, p.Hkv, g, p.Nk, p.D}).sum(2);
-    dv = dv_heads.view({p.B, p.Hkv, g, p.Nk, p.Dv}).sum(2);
+  at::Tensor dk = dk_parts, dv = dv_parts;
+  if (p.Hq * p.q_chunks != p.Hkv) {
+    const int64_t parts = p.Hq * p.q_chunks / std::max<int64_t>(p.Hkv, 1);
+    dk = dk_parts.view({p.B, p.Hkv, parts, p.Nk, p.D}).sum(2);
+    dv = dv_parts.view({p.B, p.Hkv, parts, p.Nk, p.Dv}).sum(2);
   }
   return {dq.to(q_in.scalar_type()), dk.to(k_in.scalar_type()), dv.to(v_in.scalar_type())};
 }

@@ -5,6 +5,7 @@
 
 #include <ATen/ATen.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <optional>
 #include <vector>
@@ -53,9 +54,21 @@ struct AttnParams {
   const void* o;     int64_t o_sb, o_sh, o_sn;      // the forward's output
   const void* dlse;                // (B, Hq, Nq) contiguous T, gradient of the returned lse, or null
   void* dq;                        // (B, Hq, Nq, D) contiguous, T
-  void* dk_heads;                  // (B, Hq, Nk, D) contiguous, T: per q head, summed over groups later
-  void* dv_heads;                  // (B, Hq, Nk, Dv) contiguous, T
+  int64_t q_chunks;                // the backward splits each head's queries into this many chunks
+  void* dk_parts;                  // (B, Hq, q_chunks, Nk, D) contiguous, T: per q head and chunk,
+  void* dv_parts;                  // (B, Hq, q_chunks, Nk, Dv)   summed by the launcher in fixed order
 };
+
+// Backward work split, a function of the shape only (so results do not depend on the thread
+// count): one work item per (batch, q head, chunk of query blocks), with enough chunks that a few
+// heads still give kBwdMinItems items. Each item keeps its own dK/dV partials.
+constexpr int64_t kBwdBlockQ = 256;    // queries per backward tile
+constexpr int64_t kBwdMinItems = 8;
+inline int64_t attention_bwd_q_chunks(int64_t B, int64_t Hq, int64_t Nq) {
+  const int64_t heads = B * Hq, q_blocks = (Nq + kBwdBlockQ - 1) / kBwdBlockQ;
+  if (heads == 0 || q_blocks == 0) return 1;
+  return std::max<int64_t>(1, std::min(q_blocks, (kBwdMinItems + heads - 1) / heads));
+}
 
 #define ZENATTN_DECLARE_ATTENTION_KERNELS(ISA)          \
   namespace ISA {                                        \

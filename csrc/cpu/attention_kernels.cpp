@@ -4,11 +4,13 @@
 //   forward   one work item per (batch, q head, block of up to 256 queries). Scores for a block of
 //             keys come from one BLAS product, the online softmax rescales the running output
 //             in place, and a second product adds P @ V. Only O and the log-sum-exp are stored.
-//   backward  one work item per (batch, q head), walking its query blocks in order: each tile
-//             recomputes P = exp(S - lse) from the saved log-sum-exp, and four products give
+//   backward  one work item per (batch, q head, chunk of its query blocks; one chunk unless there
+//             are few heads, see attention_bwd_q_chunks), walking its query blocks in order: each
+//             tile recomputes P = exp(S - lse) from the saved log-sum-exp, and four products give
 //             dV += P^T dO, dP = dO V^T, dQ += dS K, dK += dS^T Q with dS = P * (dP - delta).
-//             Every gradient element is summed by one thread in a fixed order, so the backward is
-//             deterministic; dK/dV are kept per q head and summed over each GQA group afterwards.
+//             Every gradient element is summed by one thread in a fixed order, and the work split
+//             depends on the shape alone, so the backward is deterministic whatever the thread
+//             count; dK/dV partials per (q head, chunk) are summed by the launcher afterwards.
 //
 // Nothing of size Nq x Nk is ever allocated: scratch is a few (query block x key block) tiles per thread.
 #include "cpu/attention.h"
@@ -35,7 +37,6 @@ using at::vec::Vectorized;
 // benchmarks/results/): larger query blocks amortize the BLAS's packing of each K/V tile.
 constexpr int64_t kFwdBlockQ = 256;   // queries per forward tile, at most (see fwd_block_q)
 constexpr int64_t kFwdBlockK = 512;   // keys per forward tile (scores tile: 512 KiB fp32)
-constexpr int64_t kBwdBlockQ = 256;   // queries per backward tile
 constexpr int64_t kBwdBlockK = 256;   // keys per backward tile (up to four such tiles live at once)
 
 // The forward's query block: kFwdBlockQ, halved (down to 32) while that leaves fewer than four
@@ -311,26 +312,30 @@ template <typename T>
 void backward(const AttnParams& p) {
   constexpr int64_t BK = kBwdBlockK, BQ = kBwdBlockQ;
   const int64_t n_qblocks = (p.Nq + BQ - 1) / BQ;
+  const int64_t chunks = p.q_chunks;
   const bool dropout = p.dropout_p > 0;
   const T keep_scale = dropout ? T(1) / T(1 - p.dropout_p) : T(1);
   const T scale = T(p.scale);
-  at::parallel_for(0, p.B * p.Hq, 1, [&](int64_t begin, int64_t end) {
-    std::vector<T> P(BQ * BK), dS(BQ * BK), dq_acc(BQ * p.D), delta(kBwdBlockQ);
+  at::parallel_for(0, p.B * p.Hq * chunks, 1, [&](int64_t begin, int64_t end) {
+    std::vector<T> P(BQ * BK), dS(BQ * BK), dq_acc(BQ * p.D), delta(BQ);
     std::vector<T> Pd(dropout ? BQ * BK : 0), tanh_buf(p.softcap > 0 ? BQ * BK : 0);
     std::vector<uint8_t> keep(dropout ? BQ * BK : 0);
-    for (int64_t bh = begin; bh < end; ++bh) {
+    for (int64_t item = begin; item < end; ++item) {
+      // item = (bh, chunk): query blocks [qb_begin, qb_end) of head bh, dK/dV into its own part
+      const int64_t bh = item / chunks, chunk = item % chunks;
+      const int64_t qb_begin = chunk * n_qblocks / chunks, qb_end = (chunk + 1) * n_qblocks / chunks;
       const Head<T> head(p, bh / p.Hq, bh % p.Hq);
       const T* dout = static_cast<const T*>(p.dout) + head.b * p.do_sb + head.h * p.do_sh;
       const T* o = static_cast<const T*>(p.o) + head.b * p.o_sb + head.h * p.o_sh;
       const T* lse = static_cast<const T*>(p.lse) + bh * p.Nq;
       const T* dlse = p.dlse ? static_cast<const T*>(p.dlse) + bh * p.Nq : nullptr;
       T* dq = static_cast<T*>(p.dq) + bh * p.Nq * p.D;
-      T* dk = static_cast<T*>(p.dk_heads) + bh * p.Nk * p.D;
-      T* dv = static_cast<T*>(p.dv_heads) + bh * p.Nk * p.Dv;
+      T* dk = static_cast<T*>(p.dk_parts) + item * p.Nk * p.D;
+      T* dv = static_cast<T*>(p.dv_parts) + item * p.Nk * p.Dv;
       std::fill(dk, dk + p.Nk * p.D, T(0));
       std::fill(dv, dv + p.Nk * p.Dv, T(0));
 
-      for (int64_t qb = 0; qb < n_qblocks; ++qb) {
+      for (int64_t qb = qb_begin; qb < qb_end; ++qb) {
         const int64_t i0 = qb * BQ, rows = std::min(BQ, p.Nq - i0);
         const auto [klo, khi] = head.key_range(i0, i0 + rows);
         const T* q_blk = head.q + i0 * p.q_sn;
