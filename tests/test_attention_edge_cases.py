@@ -547,3 +547,23 @@ def test_backward_query_chunks_match_reference(b, hq, hkv, nq):
     assert (out - ref).abs().max() < 1e-12
     for name, g, r in zip("qkv", got, want):
         assert (g - r).abs().max() < 1e-11, name
+
+
+def test_nan_in_masked_key_does_not_propagate():
+    """A NaN score at a position the bool mask or the causal rule excludes is overwritten by -inf,
+    so it does not reach the output (CHECKLIST 14). (A NaN in V still does: 0 * NaN = NaN in the
+    P @ V product, as in torch.)"""
+    q, k, v = (torch.randn(1, 2, 6, 8) for _ in range(3))
+    k[..., 5, :] = float("nan")                       # key 5 is excluded in both cases below
+    mask = torch.ones(6, 6, dtype=torch.bool)
+    mask[:, 5] = False
+    ref_k, ref_v = k[..., :5, :].double(), v[..., :5, :].double()
+    cases = [
+        (zenattn.attention(q, k, v, attn_mask=mask, backend="cpu"), attention_ref(q.double(), ref_k, ref_v)),
+        # 5 queries, top-left causal: query i sees keys 0..i, never key 5
+        (zenattn.attention(q[..., :5, :], k, v, causal=True, backend="cpu"),
+         attention_ref(q[..., :5, :].double(), ref_k, ref_v, causal=True)),
+    ]
+    for out, ref in cases:
+        assert torch.isfinite(out).all()
+        assert (out.double() - ref).abs().max() < 1e-5
