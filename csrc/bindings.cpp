@@ -26,10 +26,9 @@ std::string shape_str(const at::Tensor& t) {
 constexpr const char* kOp = "zenattn cpu norm";
 
 void check_cpu_float(const at::Tensor& t, const char* name, const char* op = kOp) {
-  const char* kOp = op;
-  TORCH_CHECK(t.device().is_cpu(), kOp, ": expected ", name, " on the CPU, got it on ", t.device());
+  TORCH_CHECK(t.device().is_cpu(), op, ": expected ", name, " on the CPU, got it on ", t.device());
   const auto dt = t.scalar_type();
-  TORCH_CHECK(dt == at::kFloat || dt == at::kHalf || dt == at::kBFloat16 || dt == at::kDouble, kOp,
+  TORCH_CHECK(dt == at::kFloat || dt == at::kHalf || dt == at::kBFloat16 || dt == at::kDouble, op,
               ": ", name, " has dtype ", dt, "; supported: float32, float16, bfloat16, float64");
 }
 
@@ -117,25 +116,24 @@ constexpr int64_t kMaxHeadDim = 256;
 // q (B, Hq, Nq, D), k (B, Hkv, Nk, D), v (B, Hkv, Nk, Dv): same dtype, Hkv divides Hq, D and Dv
 // in 1..256, a unit stride on the last dim or a copy is made (the launcher handles that).
 void check_qkv(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
-  const char* kOp = kAttnOp;
-  check_cpu_float(q, "query", kOp);
-  check_cpu_float(k, "key", kOp);
-  check_cpu_float(v, "value", kOp);
-  TORCH_CHECK(q.dim() == 4 && k.dim() == 4 && v.dim() == 4, kOp,
+  check_cpu_float(q, "query", kAttnOp);
+  check_cpu_float(k, "key", kAttnOp);
+  check_cpu_float(v, "value", kAttnOp);
+  TORCH_CHECK(q.dim() == 4 && k.dim() == 4 && v.dim() == 4, kAttnOp,
               ": query, key and value must be 4-D (batch, heads, seq, head_dim), got shapes ",
               shape_str(q), ", ", shape_str(k), ", ", shape_str(v));
-  TORCH_CHECK(k.scalar_type() == q.scalar_type() && v.scalar_type() == q.scalar_type(), kOp,
+  TORCH_CHECK(k.scalar_type() == q.scalar_type() && v.scalar_type() == q.scalar_type(), kAttnOp,
               ": query, key and value must have the same dtype, got ", q.scalar_type(), ", ",
               k.scalar_type(), ", ", v.scalar_type());
-  TORCH_CHECK(k.size(0) == q.size(0) && v.size(0) == q.size(0), kOp, ": batch sizes differ: query ",
+  TORCH_CHECK(k.size(0) == q.size(0) && v.size(0) == q.size(0), kAttnOp, ": batch sizes differ: query ",
               shape_str(q), ", key ", shape_str(k), ", value ", shape_str(v));
-  TORCH_CHECK(k.size(1) == v.size(1) && k.size(2) == v.size(2), kOp,
+  TORCH_CHECK(k.size(1) == v.size(1) && k.size(2) == v.size(2), kAttnOp,
               ": key and value must have the same heads and sequence length, got key ", shape_str(k),
               " and value ", shape_str(v));
-  TORCH_CHECK(k.size(1) > 0 ? q.size(1) % k.size(1) == 0 : q.size(1) == 0, kOp, ": the number of key/value heads (",
+  TORCH_CHECK(k.size(1) > 0 ? q.size(1) % k.size(1) == 0 : q.size(1) == 0, kAttnOp, ": the number of key/value heads (",
               k.size(1), ") must divide the number of query heads (", q.size(1), ")");
-  TORCH_CHECK(k.size(3) == q.size(3), kOp, ": query and key head dims differ: ", q.size(3), " vs ", k.size(3));
-  TORCH_CHECK(q.size(3) >= 1 && q.size(3) <= kMaxHeadDim && v.size(3) >= 1 && v.size(3) <= kMaxHeadDim, kOp,
+  TORCH_CHECK(k.size(3) == q.size(3), kAttnOp, ": query and key head dims differ: ", q.size(3), " vs ", k.size(3));
+  TORCH_CHECK(q.size(3) >= 1 && q.size(3) <= kMaxHeadDim && v.size(3) >= 1 && v.size(3) <= kMaxHeadDim, kAttnOp,
               ": head dims must be in 1..", kMaxHeadDim, ", got ", q.size(3), " (query/key) and ",
               v.size(3), " (value)");
 }
@@ -146,32 +144,31 @@ zenattn::cpu::AttnOptions attn_options(const at::Tensor& q, const at::Tensor& k,
                                        const std::optional<at::Tensor>& seed, double scale, double softcap,
                                        int64_t window_left, int64_t window_right, bool bottom_right,
                                        double dropout_p) {
-  const char* kOp = kAttnOp;
   const int64_t B = q.size(0), Hq = q.size(1), Nq = q.size(2), Nk = k.size(2);
   if (attn_mask.has_value()) {
     const at::Tensor& m = *attn_mask;
-    TORCH_CHECK(m.device().is_cpu(), kOp, ": attn_mask must be on the CPU, got ", m.device());
+    TORCH_CHECK(m.device().is_cpu(), kAttnOp, ": attn_mask must be on the CPU, got ", m.device());
     const auto dt = m.scalar_type();
-    TORCH_CHECK(dt == at::kBool || dt == at::kFloat || dt == q.scalar_type(), kOp,
+    TORCH_CHECK(dt == at::kBool || dt == at::kFloat || dt == q.scalar_type(), kAttnOp,
                 ": attn_mask must be bool, float32 or the query's dtype (", q.scalar_type(), "), got ", dt);
-    TORCH_CHECK(m.dim() <= 4 && at::is_expandable_to(m.sizes(), {B, Hq, Nq, Nk}), kOp, ": attn_mask of shape ",
+    TORCH_CHECK(m.dim() <= 4 && at::is_expandable_to(m.sizes(), {B, Hq, Nq, Nk}), kAttnOp, ": attn_mask of shape ",
                 shape_str(m), " does not broadcast to (batch, heads, q_len, k_len) = (", B, ", ", Hq, ", ",
                 Nq, ", ", Nk, ")");
   }
   if (alibi_slopes.has_value()) {
     const at::Tensor& a = *alibi_slopes;
-    TORCH_CHECK(a.device().is_cpu() && at::isFloatingType(a.scalar_type()), kOp,
+    TORCH_CHECK(a.device().is_cpu() && at::isFloatingType(a.scalar_type()), kAttnOp,
                 ": alibi_slopes must be a floating-point CPU tensor, got ", a.scalar_type(), " on ", a.device());
     const bool ok = (a.dim() == 1 && a.size(0) == Hq) || (a.dim() == 2 && a.size(0) == B && a.size(1) == Hq);
-    TORCH_CHECK(ok, kOp, ": alibi_slopes must have shape (", Hq, ",) or (", B, ", ", Hq, "), got ", shape_str(a));
+    TORCH_CHECK(ok, kAttnOp, ": alibi_slopes must have shape (", Hq, ",) or (", B, ", ", Hq, "), got ", shape_str(a));
   }
-  TORCH_CHECK(dropout_p >= 0 && dropout_p < 1, kOp, ": dropout_p must be in [0, 1), got ", dropout_p);
+  TORCH_CHECK(dropout_p >= 0 && dropout_p < 1, kAttnOp, ": dropout_p must be in [0, 1), got ", dropout_p);
   if (dropout_p > 0) {
-    TORCH_CHECK(seed.has_value() && seed->numel() == 1 && seed->scalar_type() == at::kLong, kOp,
+    TORCH_CHECK(seed.has_value() && seed->numel() == 1 && seed->scalar_type() == at::kLong, kAttnOp,
                 ": dropout needs an int64 seed tensor with one element");
   }
-  TORCH_CHECK(softcap >= 0, kOp, ": softcap must be >= 0 (0: none), got ", softcap);
-  TORCH_CHECK(window_left >= -1 && window_right >= -1, kOp, ": window sides must be >= 0, or -1 for unbounded; got (",
+  TORCH_CHECK(softcap >= 0, kAttnOp, ": softcap must be >= 0 (0: none), got ", softcap);
+  TORCH_CHECK(window_left >= -1 && window_right >= -1, kAttnOp, ": window sides must be >= 0, or -1 for unbounded; got (",
               window_left, ", ", window_right, ")");
   return {scale, softcap, window_left, window_right, bottom_right, dropout_p, attn_mask, alibi_slopes, seed};
 }
@@ -196,21 +193,20 @@ std::vector<at::Tensor> attention_bwd(const at::Tensor& dout, const at::Tensor& 
                                       const std::optional<at::Tensor>& seed, double scale, double softcap,
                                       int64_t window_left, int64_t window_right, bool bottom_right,
                                       double dropout_p) {
-  const char* kOp = kAttnOp;
   check_qkv(q, k, v);
   const auto opt = attn_options(q, k, attn_mask, alibi_slopes, seed, scale, softcap, window_left, window_right,
                                 bottom_right, dropout_p);
   const std::vector<int64_t> out_shape{q.size(0), q.size(1), q.size(2), v.size(3)};
-  check_cpu_float(dout, "grad_output", kOp);
-  check_cpu_float(out, "out", kOp);
-  TORCH_CHECK(dout.sizes() == out_shape && out.sizes() == out_shape, kOp, ": grad_output ", shape_str(dout),
+  check_cpu_float(dout, "grad_output", kAttnOp);
+  check_cpu_float(out, "out", kAttnOp);
+  TORCH_CHECK(dout.sizes() == out_shape && out.sizes() == out_shape, kAttnOp, ": grad_output ", shape_str(dout),
               " and out ", shape_str(out), " must have shape ", at::IntArrayRef(out_shape));
-  TORCH_CHECK(dout.scalar_type() == q.scalar_type() && out.scalar_type() == q.scalar_type(), kOp,
+  TORCH_CHECK(dout.scalar_type() == q.scalar_type() && out.scalar_type() == q.scalar_type(), kAttnOp,
               ": grad_output and out must have the query's dtype ", q.scalar_type());
-  TORCH_CHECK(lse.device().is_cpu() && lse.sizes() == at::IntArrayRef({q.size(0), q.size(1), q.size(2)}), kOp,
+  TORCH_CHECK(lse.device().is_cpu() && lse.sizes() == at::IntArrayRef({q.size(0), q.size(1), q.size(2)}), kAttnOp,
               ": lse must be a CPU tensor of shape (batch, heads, q_len), got ", shape_str(lse));
   if (dlse.has_value()) {
-    TORCH_CHECK(dlse->device().is_cpu() && dlse->sizes() == lse.sizes(), kOp,
+    TORCH_CHECK(dlse->device().is_cpu() && dlse->sizes() == lse.sizes(), kAttnOp,
                 ": grad of lse must be a CPU tensor shaped like lse ", shape_str(lse), ", got ", shape_str(*dlse));
   }
   return zenattn::cpu::attention_bwd(dout, q, k, v, out, lse, dlse, opt);

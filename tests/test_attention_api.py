@@ -182,8 +182,8 @@ BAD_INPUTS = [
     ("window side float", lambda: _attn(window=(3, 1.5)), ValueError, r"window right must be an int >= 0.*got 1.5"),
     ("causal with window right > 0", lambda: _attn(causal=True, window=(4, 2)),
      ValueError, r"causal=True means window right = 0, but window=\(4, 2\) allows 2 future keys"),
-    ("softcap zero", lambda: _attn(softcap=0.0), ValueError, r"softcap must be > 0 \(or None for no cap\), got 0.0"),
-    ("softcap negative", lambda: _attn(softcap=-5.0), ValueError, r"softcap must be > 0 \(or None for no cap\), got -5.0"),
+    ("softcap zero", lambda: _attn(softcap=0.0), ValueError, r"softcap must be a finite number > 0 \(or None for no cap\), got 0.0"),
+    ("softcap negative", lambda: _attn(softcap=-5.0), ValueError, r"softcap must be a finite number > 0 \(or None for no cap\), got -5.0"),
     ("alibi wrong length", lambda: _attn(alibi_slopes=torch.ones(3)),
      ValueError, r"alibi_slopes must be a floating tensor of shape \(4,\) or \(2, 4\), got torch.float32 \[3\]"),
     ("alibi wrong rank", lambda: _attn(alibi_slopes=torch.ones(2, 4, 1)),
@@ -196,6 +196,12 @@ BAD_INPUTS = [
      NotImplementedError, r"attn_mask requires grad; zenattn gives masks no gradient"),
     ("sdpa mask requires grad", lambda: _sdpa(*_qkv(), attn_mask=torch.zeros(2, 4, 5, 7, requires_grad=True)),
      NotImplementedError, r"attn_mask requires grad"),
+    ("softcap inf", lambda: _attn(softcap=float("inf")), ValueError, r"softcap must be a finite number > 0"),
+    ("sdpa gqa, key and value heads differ",
+     lambda: _sdpa(torch.randn(1, 6, 5, 8), torch.randn(1, 2, 7, 8), torch.randn(1, 3, 7, 8), enable_gqa=True),
+     ValueError, r"scaled_dot_product_attention: with enable_gqa=True, key and value must have the same number"),
+    ("sdpa errors name sdpa", lambda: _sdpa(*_qkv(), attn_mask=torch.zeros(5, 7, dtype=torch.int64)),
+     TypeError, r"^zenattn\.scaled_dot_product_attention: attn_mask must be bool"),
     ("unknown backend", lambda: _attn(backend="tpu"), ValueError, r"backend='tpu' is not a zenattn backend"),
     ("unavailable backend", lambda: _attn(backend="cuda"),
      zenattn.BackendUnavailableError, r"zenattn attention: requested backend 'cuda' cannot run here"),
@@ -377,3 +383,21 @@ def test_torch_compile_fullgraph_matches_eager():
     g_comp = torch.autograd.grad((y_comp, lse_comp), (q, k, v), (dy, dlse))
     for a, b in zip(g_comp, g_eager):
         torch.testing.assert_close(a, b)
+
+
+def test_double_backward_raises_instead_of_silent_zeros():
+    """The kernels' backward has no derivative: differentiating it must fail loudly, not give 0."""
+    q, k, v = (t.requires_grad_(True) for t in _qkv())
+    out = zenattn.attention(q, k, v, backend="cpu")
+    (gq,) = torch.autograd.grad(out.pow(2).sum(), q, create_graph=True)
+    with pytest.raises(RuntimeError, match="not differentiable"):
+        gq.sum().backward()
+
+
+def test_autocast_keeps_float64_and_casts_float32():
+    q, k, v = _qkv(dtype=torch.float64)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert zenattn.scaled_dot_product_attention(q, k, v).dtype == torch.float64
+        assert zenattn.scaled_dot_product_attention(q.float(), k.float(), v.float()).dtype == torch.bfloat16
+        ref = F.scaled_dot_product_attention(q.float(), k.float(), v.float())
+        assert zenattn.scaled_dot_product_attention(q.float(), k.float(), v.float()).dtype == ref.dtype

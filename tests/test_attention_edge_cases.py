@@ -471,7 +471,7 @@ def test_result_independent_of_thread_count(dtype):
     threads = torch.get_num_threads()
     results = []
     try:
-        for n in (1, 2, 1, 2):
+        for n in (1, 2, 3, 4, 1):  # the block sizes must not follow the thread count
             torch.set_num_threads(n)
             out = zenattn.attention(q, k, v, attn_mask=mask, window=(40, 10), backend="cpu")
             results.append((out, *grads_of(out, (q, k, v), dout)))
@@ -567,3 +567,35 @@ def test_nan_in_masked_key_does_not_propagate():
     for out, ref in cases:
         assert torch.isfinite(out).all()
         assert (out.double() - ref).abs().max() < 1e-5
+
+
+def test_huge_row_stride_on_a_length_one_dim():
+    """A length-1 sequence dim may carry any stride; BLAS takes 32-bit leading dimensions, so such a
+    tensor must be copied, not truncated (the product was silently skipped before)."""
+    q = torch.randn(16).as_strided((2, 1, 1, 8), (8, 8, 2**32 + 3, 1))
+    k, v = torch.randn(2, 1, 5, 8), torch.randn(2, 1, 5, 8)
+    k1 = torch.randn(16).as_strided((2, 1, 1, 8), (8, 8, 2**32 + 3, 1))
+    out = zenattn.attention(q, k, v, backend="cpu")
+    assert (out - F.scaled_dot_product_attention(q.contiguous(), k, v)).abs().max() < 1e-5
+    out = zenattn.attention(q, k1, k1, backend="cpu")
+    assert (out - F.scaled_dot_product_attention(q.contiguous(), k1.contiguous(), k1.contiguous())).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("window, alignment, nq, nk", [
+    ((None, 2**63 - 1), "top_left", 9, 5),
+    ((2**63 - 1, None), "bottom_right", 9, 5),
+    ((2**62, 2**62), "bottom_right", 5, 9),
+])
+def test_huge_window_sides_mean_unbounded(window, alignment, nq, nk):
+    q, k, v = randn(1, 2, nq, 8), randn(1, 2, nk, 8), randn(1, 2, nk, 8)
+    out = zenattn.attention(q, k, v, window=window, alignment=alignment, backend="cpu")
+    assert torch.equal(out, zenattn.attention(q, k, v, alignment=alignment, backend="cpu"))
+
+
+def test_reference_causal_with_unbounded_right_side():
+    """The test oracle itself: causal=True with window right -1 (unbounded) is still causal."""
+    q, k, v = (randn(1, 1, 6, 4, dtype=torch.float64) for _ in range(3))
+    assert torch.equal(attention_ref(q, k, v, causal=True, window=(3, -1)),
+                       attention_ref(q, k, v, causal=True, window=(3, None)))
+    assert not torch.allclose(attention_ref(q, k, v, causal=True, window=(3, -1)),
+                              attention_ref(q, k, v, window=(3, None)))

@@ -124,8 +124,8 @@ def attention_ref(
         s = s - slopes * rel.abs().to(s.dtype)
     allowed = torch.ones(nq, nk, dtype=torch.bool, device=q.device)
     left, right = window if window is not None else (None, None)
-    if causal:
-        right = 0 if right is None else min(right, 0)
+    if causal:  # no key after the diagonal (a right side of None or -1 means unbounded)
+        right = 0 if right is None or right < 0 else min(right, 0)
     if left is not None and left >= 0:
         allowed &= rel <= left
     if right is not None and right >= 0:

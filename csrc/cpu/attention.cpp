@@ -23,10 +23,16 @@ at::ScalarType compute_type(at::ScalarType t) { return t == at::kDouble ? at::kD
 // broadcast batch or head) are used in place.
 at::Tensor operand(const at::Tensor& t) {
   at::Tensor c = t.scalar_type() == compute_type(t.scalar_type()) ? t : t.to(compute_type(t.scalar_type()));
+  // BLAS takes the row stride as a 32-bit leading dimension of at least the row length (a length-1
+  // sequence dim may carry any stride: row_stride() replaces it).
   const bool rows_ok = c.size(2) <= 1 || (c.stride(2) >= c.size(3) && c.stride(2) < std::numeric_limits<int>::max());
   if ((c.size(3) > 1 && c.stride(3) != 1) || !rows_ok) c = c.contiguous();
   return c;
 }
+
+// The stride between rows (dim 2) of a (B, H, N, X) operand; any valid value when N <= 1, where
+// it is never stepped over but still reaches BLAS as a leading dimension.
+int64_t row_stride(const at::Tensor& t) { return t.size(2) <= 1 ? std::max<int64_t>(t.size(3), 1) : t.stride(2); }
 
 AttnParams make_params(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const AttnOptions& opt,
                        at::Tensor& mask_holder, at::Tensor& alibi_holder) {
@@ -40,15 +46,17 @@ AttnParams make_params(const at::Tensor& q, const at::Tensor& k, const at::Tenso
   p.D = q.size(3);
   p.Dv = v.size(3);
   p.q = q.data_ptr();
-  p.q_sb = q.stride(0), p.q_sh = q.stride(1), p.q_sn = q.stride(2);
+  p.q_sb = q.stride(0), p.q_sh = q.stride(1), p.q_sn = row_stride(q);
   p.k = k.data_ptr();
-  p.k_sb = k.stride(0), p.k_sh = k.stride(1), p.k_sn = k.stride(2);
+  p.k_sb = k.stride(0), p.k_sh = k.stride(1), p.k_sn = row_stride(k);
   p.v = v.data_ptr();
-  p.v_sb = v.stride(0), p.v_sh = v.stride(1), p.v_sn = v.stride(2);
+  p.v_sb = v.stride(0), p.v_sh = v.stride(1), p.v_sn = row_stride(v);
   p.scale = opt.scale;
   p.softcap = opt.softcap;
-  p.window_left = opt.window_left;
-  p.window_right = opt.window_right;
+  // A side longer than both sequences is unbounded (and keeps i + offset + side far from overflow).
+  const auto side = [&](int64_t w) { return w > p.Nq + p.Nk ? int64_t(-1) : w; };
+  p.window_left = side(opt.window_left);
+  p.window_right = side(opt.window_right);
   p.offset = opt.bottom_right ? p.Nk - p.Nq : 0;
   if (opt.alibi_slopes.has_value()) {
     // (Hq,) or (B, Hq) -> (B, Hq) view with a zero batch stride for the former
@@ -98,10 +106,10 @@ std::vector<at::Tensor> attention_bwd(const at::Tensor& dout_in, const at::Tenso
   AttnParams p = make_params(q, k, v, opt, mask_holder, alibi_holder);
   p.lse = const_cast<void*>(lse.data_ptr());
   p.dout = dout.data_ptr();
-  p.do_sb = dout.stride(0), p.do_sh = dout.stride(1), p.do_sn = dout.stride(2);
+  p.do_sb = dout.stride(0), p.do_sh = dout.stride(1), p.do_sn = row_stride(dout);
   p.o = o.data_ptr();
   p.dlse = dlse.defined() ? dlse.data_ptr() : nullptr;
-  p.o_sb = o.stride(0), p.o_sh = o.stride(1), p.o_sn = o.stride(2);
+  p.o_sb = o.stride(0), p.o_sh = o.stride(1), p.o_sn = row_stride(o);
   const auto opts = q.options();
   at::Tensor dq = at::empty({p.B, p.Hq, p.Nq, p.D}, opts);
   // dK/dV per (q head, query chunk): a GQA group's heads and a head's chunks are summed below, in

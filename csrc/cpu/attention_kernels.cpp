@@ -39,12 +39,14 @@ constexpr int64_t kFwdBlockQ = 256;   // queries per forward tile, at most (see 
 constexpr int64_t kFwdBlockK = 512;   // keys per forward tile (scores tile: 512 KiB fp32)
 constexpr int64_t kBwdBlockK = 256;   // keys per backward tile (up to four such tiles live at once)
 
-// The forward's query block: kFwdBlockQ, halved (down to 32) while that leaves fewer than four
-// work items per thread, so short or few sequences still spread over every thread.
+// The forward's query block: kFwdBlockQ, halved (down to 32) while that leaves fewer than
+// kFwdMinItems work items, so short or few sequences still spread over several threads. A function
+// of the shape only: the block size changes the BLAS products' shapes and so their rounding, and
+// the result must not depend on the thread count.
+constexpr int64_t kFwdMinItems = 16;
 int64_t fwd_block_q(const AttnParams& p) {
-  const int64_t want = 4 * int64_t(at::get_num_threads());
   int64_t bq = kFwdBlockQ;
-  while (bq > 32 && p.B * p.Hq * ((p.Nq + bq - 1) / bq) < want) bq /= 2;
+  while (bq > 32 && p.B * p.Hq * ((p.Nq + bq - 1) / bq) < kFwdMinItems) bq /= 2;
   return bq;
 }
 
@@ -187,7 +189,7 @@ struct Head {
   std::pair<int64_t, int64_t> key_range(int64_t i0, int64_t i1) const {
     int64_t lo = 0, hi = p.Nk;
     if (p.window_left >= 0) lo = std::max<int64_t>(lo, i0 + p.offset - p.window_left);
-    if (p.window_right >= 0) hi = std::min<int64_t>(hi, i1 - 1 + p.offset + p.window_right + 1);
+    if (p.window_right >= 0) hi = std::min<int64_t>(hi, i1 + p.offset + p.window_right);  // last row i1 - 1
     return {lo, std::max(lo, hi)};
   }
 

@@ -106,7 +106,10 @@ backends.register_check("attention", _head_dims_fit)
 
 
 def _autocast(q: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Under autocast, attention runs in the autocast dtype, as torch's SDPA does."""
+    """Under autocast, attention runs in the autocast dtype, as torch's SDPA does: float32, float16
+    and bfloat16 inputs are cast to it, float64 ones are left alone."""
+    if not all(isinstance(t, Tensor) for t in (q, k, v)):
+        return q, k, v
     device = q.device.type
     try:
         enabled = torch.is_autocast_enabled(device)
@@ -116,7 +119,8 @@ def _autocast(q: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         dtype = torch.get_autocast_gpu_dtype() if enabled else None
     if not enabled:
         return q, k, v
-    return q.to(dtype), k.to(dtype), v.to(dtype)
+    cast = (torch.float32, torch.float16, torch.bfloat16)
+    return tuple(t.to(dtype) if t.dtype in cast else t for t in (q, k, v))
 
 
 def _draw_seed() -> Tensor:
@@ -168,9 +172,16 @@ def attention(
         ``out (B, Hq, Nq, Dv)`` in q's dtype, and with ``return_lse`` also the log-sum-exp of each
         query's scores ``lse (B, Hq, Nq)`` in float32 (float64 for float64 input), differentiable.
     """
-    fn = "attention"
-    _check_qkv(fn, q, k, v)
+    return _attention("attention", q, k, v, attn_mask=attn_mask, causal=causal, alignment=alignment,
+                      window=window, softcap=softcap, alibi_slopes=alibi_slopes, dropout_p=dropout_p,
+                      scale=scale, return_lse=return_lse, deterministic=deterministic, backend=backend)
+
+
+def _attention(fn: str, q, k, v, *, attn_mask, causal, alignment, window, softcap, alibi_slopes, dropout_p,
+               scale, return_lse, deterministic, backend):
+    """zenattn.attention, with errors naming ``fn`` (the public function the caller used)."""
     q, k, v = _autocast(q, k, v)
+    _check_qkv(fn, q, k, v)
     if attn_mask is not None:
         _check_mask(fn, attn_mask, q, k)
     if alignment not in ALIGNMENTS:
@@ -178,8 +189,8 @@ def attention(
     left, right = _window_sides(fn, window, causal)
     if not (isinstance(dropout_p, (int, float)) and 0.0 <= dropout_p < 1.0):
         _fail(fn, f"dropout_p must be in [0, 1), got {dropout_p!r}")
-    if softcap is not None and not softcap > 0:
-        _fail(fn, f"softcap must be > 0 (or None for no cap), got {softcap!r}")
+    if softcap is not None and not (isinstance(softcap, (int, float)) and 0 < softcap < math.inf):
+        _fail(fn, f"softcap must be a finite number > 0 (or None for no cap), got {softcap!r}")
     if alibi_slopes is not None:
         hq, b = q.shape[1], q.shape[0]
         if alibi_slopes.shape not in ((hq,), (b, hq)) or not alibi_slopes.is_floating_point():
@@ -248,7 +259,7 @@ def scaled_dot_product_attention(
         if t.dim() < 2:
             _fail(fn, f"{name} must have at least 2 dims (seq_len, head_dim), got shape {list(t.shape)}")
     if attn_mask is not None and is_causal:
-        _fail(fn, "attn_mask and is_causal=True were both given; pass one (torch raises here too)")
+        _fail(fn, "attn_mask and is_causal=True were both given; pass one (torch documents this as an error)")
     if not (query.dtype == key.dtype == value.dtype):
         _fail(fn, f"query, key and value must have the same dtype, got {query.dtype}, {key.dtype}, "
                   f"{value.dtype}", TypeError)
@@ -257,6 +268,9 @@ def scaled_dot_product_attention(
     hq = query.shape[-3] if query.dim() >= 3 else 1
     hkv = key.shape[-3] if key.dim() >= 3 else 1
     gqa = enable_gqa and query.dim() >= 3 and key.dim() >= 3 and hkv != hq
+    if gqa and (value.dim() < 3 or value.shape[-3] != hkv):
+        _fail(fn, f"with enable_gqa=True, key and value must have the same number of heads (dim -3), got "
+                  f"key {list(key.shape)} and value {list(value.shape)}")
     if gqa and (hkv == 0 or hq % hkv != 0):
         _fail(fn, f"with enable_gqa=True the key/value heads ({hkv}) must divide the query heads ({hq})")
     try:  # leading dims broadcast (with the head dim left out under GQA)
@@ -288,6 +302,7 @@ def scaled_dot_product_attention(
             _fail(fn, f"attn_mask of shape {list(mask.shape)} does not broadcast to {list(target)}")
         if len(target) != 4:  # give the mask the same (B, H) leading dims as q
             mask = mask.expand(target).reshape(q.shape[0], q.shape[1], *target[-2:])
-    out = attention(q, k, v, attn_mask=mask, causal=is_causal, dropout_p=dropout_p, scale=scale,
-                    backend=backend)
+    out = _attention(fn, q, k, v, attn_mask=mask, causal=is_causal, alignment="top_left", window=None,
+                     softcap=None, alibi_slopes=None, dropout_p=dropout_p, scale=scale, return_lse=False,
+                     deterministic=False, backend=backend)
     return out.reshape(*lead_out, query.shape[-2], value.shape[-1])

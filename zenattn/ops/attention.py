@@ -13,8 +13,8 @@ strides with a unit last stride; out ``(B, Hq, Nq, Dv)`` in q's dtype; lse ``(B,
 unbounded; causal attention is ``window_right = 0``; ``bottom_right`` aligns the diagonal with the
 last key (offset ``Nk - Nq``). ``seed`` is an int64 scalar tensor drawn from torch's generator
 when ``dropout_p > 0``; the kernels derive every keep/drop decision from it, so the backward redraws
-the forward's mask. ``dlse`` is the gradient of the returned lse (None when it is unused). Every backend implements these launcher signatures, so one autograd
-registration serves them all; the mask, slopes and seed get no gradient. ``deterministic`` asks
+the forward's mask. ``dlse`` is the gradient of the returned lse (None when it is unused).
+Every backend implements these launcher signatures, so one autograd registration serves them all; the mask, slopes and seed get no gradient. ``deterministic`` asks
 for a backward whose result is bitwise repeatable (the cpu kernels always are).
 """
 
@@ -94,5 +94,14 @@ def _attention_backward(ctx, dout, dlse):
 
 torch.library.register_autograd("zenattn::attention_fwd", _attention_backward,
                                 setup_context=_attention_setup, lib=_lib)
+
+
+def _attention_double_backward(ctx, *grads):
+    raise RuntimeError("zenattn attention: the backward is not differentiable (no double backward / "
+                       "create_graph=True through attention); use backend='torch' for higher-order gradients")
+
+
+# Without this, differentiating the backward would silently give zero (torch only warns).
+torch.library.register_autograd("zenattn::attention_bwd", _attention_double_backward, lib=_lib)
 
 backends.register("cpu", "attention", backends.extension)
