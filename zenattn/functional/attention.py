@@ -300,7 +300,9 @@ def scaled_dot_product_attention(
             torch.broadcast_shapes(mask.shape, target)
         except RuntimeError:
             _fail(fn, f"attn_mask of shape {list(mask.shape)} does not broadcast to {list(target)}")
-        if len(target) != 4:  # give the mask the same (B, H) leading dims as q
+        if len(target) < 4:  # leading dims of 1, as _as_4d gives q: a view, nothing copied
+            mask = mask.expand(target)[(None,) * (4 - len(target))]
+        elif len(target) > 4:  # leading dims folded into the batch, as for q (copies if they must)
             mask = mask.expand(target).reshape(q.shape[0], q.shape[1], *target[-2:])
     out = _attention(fn, q, k, v, attn_mask=mask, causal=is_causal, alignment="top_left", window=None,
                      softcap=None, alibi_slopes=None, dropout_p=dropout_p, scale=scale, return_lse=False,
