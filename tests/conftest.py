@@ -1,7 +1,13 @@
+import os
 import random
 
 import pytest
 import torch
+
+# Without a GPU, the Triton kernels run on CPU tensors in Triton's interpreter, which reads this
+# variable when triton is first imported (zenattn imports triton only when a Triton op first runs).
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 @pytest.fixture(autouse=True)

@@ -52,8 +52,6 @@ BAD_INPUTS = [
      r"'tpu' is not a zenattn backend"),
     ("unavailable backend", lambda: _ln(torch.randn(4, 8), (8,), backend="cuda"),
      zenattn.BackendUnavailableError, r"requested backend 'cuda' cannot run here"),
-    ("triton without kernels", lambda: _rms(torch.randn(4, 8), (8,), backend="triton"),
-     zenattn.BackendUnavailableError, r"requested backend 'triton' cannot run here"),
 ]
 
 
@@ -248,3 +246,27 @@ def test_mixed_precision_and_cpu_autocast_like_torch(name):
     xa = x.clone().requires_grad_(True)
     (dw,) = torch.autograd.grad(ours(xa).float().sum(), [ours.weight])
     assert dw.dtype == torch.float32
+
+
+def test_triton_needs_cuda_tensors_outside_the_interpreter(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(zenattn.BackendUnavailableError,
+                       match=r"requested backend 'triton' cannot run here: backend 'triton' runs on cuda tensors"):
+        zenattn.rms_norm(torch.randn(4, 8), (8,), backend="triton")
+
+
+def test_triton_hidden_size_limit():
+    with pytest.raises(ValueError, match=r"hidden size 65537 is over the Triton kernels' limit 65536"):
+        zenattn.layer_norm(torch.randn(2, 65537), (65537,), backend="triton")
+
+
+@pytest.mark.parametrize("kind", ["layer_norm", "rms_norm"])
+def test_triton_norm_compiles_fullgraph(kind):
+    x = torch.randn(6, 40, requires_grad=True)
+    w = torch.randn(40, requires_grad=True)
+    fn = (lambda x, w: zenattn.layer_norm(x, (40,), w, backend="triton")) if kind == "layer_norm" else \
+        (lambda x, w: zenattn.rms_norm(x, (40,), w, backend="triton"))
+    compiled = torch.compile(fn, fullgraph=True)
+    got, want = compiled(x, w), fn(x, w)
+    torch.testing.assert_close(got, want)
+    torch.testing.assert_close(torch.autograd.grad(got.sum(), (x, w)), torch.autograd.grad(want.sum(), (x, w)))

@@ -18,6 +18,13 @@ from zenattn.reference import layer_norm_ref, rms_norm_ref
 from parity import FWD_FACTOR, GRAD_FACTOR, assert_within_rule
 
 
+@pytest.fixture(params=["cpu", "triton"])
+def norm_backend(request, monkeypatch):
+    """Runs a test once per kernel backend, through ZENATTN_BACKEND (triton: the interpreter on CPU)."""
+    monkeypatch.setenv("ZENATTN_BACKEND", request.param)
+    return request.param
+
+
 # ---- numerical extremes -----------------------------------------------------------------------
 
 @pytest.mark.parametrize("value, dtype", [
@@ -29,6 +36,7 @@ from parity import FWD_FACTOR, GRAD_FACTOR, assert_within_rule
     (3.0, torch.bfloat16),
 ])
 @pytest.mark.parametrize("hidden", [7, 1023, 4096])
+@pytest.mark.usefixtures("norm_backend")
 def test_layer_norm_constant_rows_give_bias(value, dtype, hidden):
     """Variance 0: output is exactly beta (finite), and dx is finite."""
     x = torch.full((5, hidden), value, dtype=dtype, requires_grad=True)
@@ -42,6 +50,7 @@ def test_layer_norm_constant_rows_give_bias(value, dtype, hidden):
 
 
 @pytest.mark.parametrize("hidden", [7, 1023])
+@pytest.mark.usefixtures("norm_backend")
 def test_rms_norm_zero_rows_are_finite(hidden):
     x = torch.zeros(4, hidden, requires_grad=True)
     y = zenattn.rms_norm(x, (hidden,), torch.randn(hidden))
@@ -52,6 +61,7 @@ def test_rms_norm_zero_rows_are_finite(hidden):
 
 @pytest.mark.parametrize("kind", ["layer_norm", "rms_norm"])
 @pytest.mark.parametrize("hidden", [7, 1500])
+@pytest.mark.usefixtures("norm_backend")
 def test_eps_zero(kind, hidden):
     """eps = 0 on ordinary rows: LayerNorm output has mean 0 and variance 1."""
     x = torch.randn(6, hidden, dtype=torch.float64)
@@ -67,6 +77,7 @@ def test_eps_zero(kind, hidden):
 
 
 @pytest.mark.parametrize("hidden", [192, 4096])
+@pytest.mark.usefixtures("norm_backend")
 def test_layer_norm_large_mean_offset(hidden):
     """Rows with mean 1e6 and std 1 in fp32: the deviations must survive the mean."""
     x = (torch.randn(9, hidden) + 1e6).requires_grad_(True)
@@ -85,6 +96,7 @@ def test_layer_norm_large_mean_offset(hidden):
 
 @pytest.mark.parametrize("kind", ["layer_norm", "rms_norm"])
 @pytest.mark.parametrize("scale", [1e4, 6e4])
+@pytest.mark.usefixtures("norm_backend")
 def test_fp16_large_values(kind, scale):
     """fp16 inputs near the top of the range: statistics in fp32 keep them finite and exact."""
     x = (torch.randn(11, 512) * scale).clamp(-65000, 65000).half()
@@ -103,6 +115,7 @@ def test_fp16_large_values(kind, scale):
 
 @pytest.mark.parametrize("kind", ["layer_norm", "rms_norm"])
 @pytest.mark.parametrize("shape", [(0, 16), (2, 0, 16)])
+@pytest.mark.usefixtures("norm_backend")
 def test_empty_batch(kind, shape):
     x = torch.randn(shape, requires_grad=True)
     w = torch.randn(16, requires_grad=True)
@@ -117,22 +130,22 @@ def test_empty_batch(kind, shape):
 
 @pytest.mark.parametrize("hidden", [1, 5, 37])
 @pytest.mark.parametrize("residual", [False, True])
-def test_layer_norm_gradcheck(hidden, residual):
+def test_layer_norm_gradcheck(norm_backend, hidden, residual):
     x = torch.randn(4, hidden, dtype=torch.float64, requires_grad=True)
     w = torch.randn(hidden, dtype=torch.float64, requires_grad=True)
     b = torch.randn(hidden, dtype=torch.float64, requires_grad=True)
     r = torch.randn(4, hidden, dtype=torch.float64, requires_grad=True) if residual else None
-    fn = lambda x, w, b, r: zenattn.layer_norm(x, (hidden,), w, b, 1e-5, residual=r, backend="cpu")
+    fn = lambda x, w, b, r: zenattn.layer_norm(x, (hidden,), w, b, 1e-5, residual=r, backend=norm_backend)
     assert torch.autograd.gradcheck(fn, (x, w, b, r))
 
 
 @pytest.mark.parametrize("hidden", [1, 5, 37])
 @pytest.mark.parametrize("residual", [False, True])
-def test_rms_norm_gradcheck(hidden, residual):
+def test_rms_norm_gradcheck(norm_backend, hidden, residual):
     x = torch.randn(4, hidden, dtype=torch.float64, requires_grad=True)
     w = torch.randn(hidden, dtype=torch.float64, requires_grad=True)
     r = torch.randn(4, hidden, dtype=torch.float64, requires_grad=True) if residual else None
-    fn = lambda x, w, r: zenattn.rms_norm(x, (hidden,), w, 1e-5, residual=r, backend="cpu")
+    fn = lambda x, w, r: zenattn.rms_norm(x, (hidden,), w, 1e-5, residual=r, backend=norm_backend)
     assert torch.autograd.gradcheck(fn, (x, w, r))
 
 

@@ -12,7 +12,7 @@ from zenattn.reference import layer_norm_ref, rms_norm_ref
 
 from parity import FWD_FACTOR, GRAD_FACTOR, assert_within_rule
 
-BACKENDS = ["cpu"]  # every compiled backend that runs on this device
+BACKENDS = ["cpu", "triton"]  # every kernel backend (triton: in the interpreter on CPU, see conftest.py)
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 
 HIDDEN = [
@@ -46,18 +46,18 @@ def make_x(layout: str, rows: int, hidden: int, dtype, scale=1.0, offset=0.0):
     return leaf.to(dtype), view
 
 
-def run_norm(kind, impl, leaf, view, weight, bias, residual, eps, dy, dsum):
+def run_norm(kind, impl, backend, leaf, view, weight, bias, residual, eps, dy, dsum):
     """Forward + backward of one implementation. Returns (outputs, grads) as float64-comparable
-    tensors. impl: "zen" (zenattn, cpu backend), "torch" (torch.nn.functional), "ref" (float64)."""
+    tensors. impl: "zen" (zenattn, the given backend), "torch" (torch.nn.functional), "ref" (float64)."""
     as_leaf = lambda t: None if t is None else (t.double() if impl == "ref" else t).detach().clone().requires_grad_(True)
     x_leaf, w, b, r = as_leaf(leaf), as_leaf(weight), as_leaf(bias), as_leaf(residual)
     x = view(x_leaf)
     shape = (x.shape[-1],)
     if impl == "zen":
         if kind == "layer_norm":
-            out = zenattn.layer_norm(x, shape, w, b, eps, residual=r, backend="cpu")
+            out = zenattn.layer_norm(x, shape, w, b, eps, residual=r, backend=backend)
         else:
-            out = zenattn.rms_norm(x, shape, w, eps, residual=r, backend="cpu")
+            out = zenattn.rms_norm(x, shape, w, eps, residual=r, backend=backend)
     elif impl == "torch":
         s = x if r is None else x + r
         y = F.layer_norm(s, shape, w, b, eps) if kind == "layer_norm" else F.rms_norm(s, shape, w, eps)
@@ -76,12 +76,12 @@ def run_norm(kind, impl, leaf, view, weight, bias, residual, eps, dy, dsum):
     return [o.detach() for o in outs], list(grads)
 
 
-def check_parity(kind, leaf, view, weight, bias, residual, eps, dtype):
+def check_parity(kind, leaf, view, weight, bias, residual, eps, dtype, backend):
     x = view(leaf)
     dy = torch.randn(x.shape).to(dtype)
     dsum = torch.randn(x.shape).to(dtype) if residual is not None else None
     args = (leaf, view, weight, bias, residual, eps, dy, dsum)
-    ours, theirs, ref = (run_norm(kind, impl, *args) for impl in ("zen", "torch", "ref"))
+    ours, theirs, ref = (run_norm(kind, impl, backend, *args) for impl in ("zen", "torch", "ref"))
     for i, (o, t, r) in enumerate(zip(ours[0], theirs[0], ref[0])):
         assert o.dtype == dtype
         assert_within_rule(f"{kind} output {i}", o, t, r, FWD_FACTOR, dtype)
@@ -92,46 +92,50 @@ def check_parity(kind, leaf, view, weight, bias, residual, eps, dtype):
         assert_within_rule(f"{kind} {name}", o, t, r, GRAD_FACTOR, dtype)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("hidden", HIDDEN)
 @pytest.mark.parametrize("affine", ["weight+bias", "none", "weight-only"])
-def test_layer_norm_parity(hidden, dtype, affine):
+def test_layer_norm_parity(hidden, dtype, affine, backend):
     leaf, view = make_x("contiguous", rows_for(hidden), hidden, dtype)
     w = torch.randn(hidden).to(dtype) if affine != "none" else None
     b = torch.randn(hidden).to(dtype) if affine == "weight+bias" else None
-    check_parity("layer_norm", leaf, view, w, b, None, 1e-5, dtype)
+    check_parity("layer_norm", leaf, view, w, b, None, 1e-5, dtype, backend)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("hidden", HIDDEN)
 @pytest.mark.parametrize("affine", ["weight", "none"])
-def test_rms_norm_parity(hidden, dtype, affine):
+def test_rms_norm_parity(hidden, dtype, affine, backend):
     leaf, view = make_x("contiguous", rows_for(hidden), hidden, dtype)
     w = torch.randn(hidden).to(dtype) if affine == "weight" else None
-    check_parity("rms_norm", leaf, view, w, None, None, 1e-6, dtype)
+    check_parity("rms_norm", leaf, view, w, None, None, 1e-6, dtype, backend)
 
 
 @pytest.mark.parametrize("kind", ["layer_norm", "rms_norm"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("hidden", [7, 1023, 4096])
 @pytest.mark.parametrize("layout", ["sliced", "transposed"])
-def test_norm_noncontiguous_input(kind, dtype, hidden, layout):
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_norm_noncontiguous_input(kind, dtype, hidden, layout, backend):
     leaf, view = make_x(layout, 37, hidden, dtype)
     w = torch.randn(hidden).to(dtype)
     b = torch.randn(hidden).to(dtype) if kind == "layer_norm" else None
-    check_parity(kind, leaf, view, w, b, None, 1e-5, dtype)
+    check_parity(kind, leaf, view, w, b, None, 1e-5, dtype, backend)
 
 
 @pytest.mark.parametrize("kind", ["layer_norm", "rms_norm"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("hidden", [1, 192, 1500])
-def test_norm_fused_residual(kind, dtype, hidden):
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_norm_fused_residual(kind, dtype, hidden, backend):
     """Pre-norm fusion: (norm(x + r), x + r), gradients through both outputs."""
     leaf, view = make_x("contiguous", 37, hidden, dtype)
     residual = torch.randn(37, hidden).to(dtype)
     w = torch.randn(hidden).to(dtype)
     b = torch.randn(hidden).to(dtype) if kind == "layer_norm" else None
-    check_parity(kind, leaf, view, w, b, residual, 1e-5, dtype)
+    check_parity(kind, leaf, view, w, b, residual, 1e-5, dtype, backend)
 
 
 @pytest.mark.parametrize("kind", ["layer_norm", "rms_norm"])

@@ -103,8 +103,16 @@ def _probe(name: str) -> BackendStatus:
         if not _LAUNCHERS.get("triton"):
             return BackendStatus(name, False, False,
                                  f"triton {version} found; zenattn has no Triton kernels yet")
-        return BackendStatus(name, True, True, f"Triton {version} kernels")
+        if triton_interpreting():
+            return BackendStatus(name, True, True, f"Triton {version} kernels, in the interpreter on CPU "
+                                                   f"tensors (TRITON_INTERPRET=1)")
+        return BackendStatus(name, True, True, f"Triton {version} kernels ({', '.join(sorted(_LAUNCHERS['triton']))})")
     raise ValueError(f"unknown zenattn backend {name!r}; choose from {ALL_BACKENDS}")
+
+
+def triton_interpreting() -> bool:
+    """Whether Triton runs kernels in its interpreter (TRITON_INTERPRET=1, read by triton at import)."""
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
 def _triton_version() -> Optional[str]:
@@ -151,6 +159,8 @@ def why_not(backend: str, op: str, *tensors: Optional[torch.Tensor]) -> Optional
     if backend != "torch" and op not in _LAUNCHERS.get(backend, {}):
         return f"backend {backend!r} has no {op} kernel"
     devices = _DEVICES[backend]
+    if backend == "triton" and triton_interpreting():
+        devices = ("cuda", "cpu")
     for t in tensors:
         if t is None:
             continue

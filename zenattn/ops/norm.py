@@ -168,6 +168,12 @@ torch.library.register_autograd("zenattn::rms_norm_fwd", _rms_norm_backward,
                                 setup_context=_rms_norm_setup, lib=_lib)
 
 
-# ---- the C++ CPU backend implements both families with exactly these signatures ----------------
-backends.register("cpu", "layer_norm", backends.extension)
-backends.register("cpu", "rms_norm", backends.extension)
+# ---- backends implementing both families with exactly these signatures ---------------------------
+def _triton_norm():
+    from zenattn.triton import norm  # noqa: PLC0415  (imports triton: only at first use)
+    return norm
+
+
+for _family in ("layer_norm", "rms_norm"):
+    backends.register("cpu", _family, backends.extension)
+    backends.register("triton", _family, _triton_norm)

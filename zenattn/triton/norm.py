@@ -1,0 +1,246 @@
+"""LayerNorm / RMSNorm in Triton: kernels and their launchers (the ``triton`` backend of
+``zenattn::layer_norm_*`` and ``zenattn::rms_norm_*``).
+
+Three tiers, as in the Triton tutorials: ``_norm_fwd_kernel`` / ``_norm_bwd_kernel`` (the math),
+``layer_norm_fwd`` ... ``rms_norm_bwd`` (launchers with the same signatures and outputs as the C++
+CPU launchers in ``zenattn._C``), and the autograd in ``zenattn/ops/norm.py`` shared by every backend.
+
+One program normalizes one row held whole in registers (hidden sizes up to 65536). Statistics are
+float32 (float64 for float64 input). The backward gives each program a contiguous chunk of rows
+and writes its weight/bias gradient sums to its own row of a float32 partial buffer; the partials
+are then summed by ``torch.sum`` in a fixed order, so dW/dB are deterministic (no atomics). On CPU
+tensors the kernels run in Triton's interpreter when ``TRITON_INTERPRET=1`` was set before triton
+was imported (how CI tests them).
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from zenattn import backends
+
+MAX_HIDDEN = 65536      # one row must fit in one program's registers
+BWD_MAX_PROGRAMS = 256  # programs (and partial rows) of the backward; a function of the shape only
+
+
+@triton.jit
+def _round_to_bf16(x):
+    """fp32 -> the nearest bf16 value (ties to even), still as fp32. Triton's interpreter truncates
+    fp32 -> bf16 conversions; this rounding first makes them exact. Used only when interpreting."""
+    bits = x.to(tl.uint32, bitcast=True)
+    bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
+    return bits.to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _store_rounded(PTR, offsets, value, mask, ROUND_BF16: tl.constexpr):
+    if ROUND_BF16:
+        value = _round_to_bf16(value.to(tl.float32))
+    tl.store(PTR + offsets, value.to(PTR.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _norm_fwd_kernel(
+    X, R, W, B,            # x (rows, N) row stride stride_x; residual (rows, N) or None; weight, bias (N,) or None
+    Y, S, MEAN, RSTD,      # y (rows, N) contiguous; sum x + r (rows, N) or None; mean, rstd (rows,)
+    stride_x, stride_r,
+    N, eps,
+    RMS: tl.constexpr, HAS_RESIDUAL: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr,
+    ACC: tl.constexpr,     # tl.float32, or tl.float64 for float64 input
+    BLOCK_N: tl.constexpr,
+    ROUND_BF16: tl.constexpr,  # interpreter only: round bf16 outputs to nearest (see _round_to_bf16)
+):
+    row = tl.program_id(0).to(tl.int64)      # int64: rows * N may exceed 2^31
+    cols = tl.arange(0, BLOCK_N)
+    in_row = cols < N
+    x = tl.load(X + row * stride_x + cols, mask=in_row, other=0.0)
+    # -- fused residual: the sum is rounded to the input dtype, and that is what gets normalized.
+    # Added in ACC then rounded, as torch adds half types (and the interpreter's bf16 add is wrong).
+    if HAS_RESIDUAL:
+        r = tl.load(R + row * stride_r + cols, mask=in_row, other=0.0)
+        x = x.to(ACC) + r.to(ACC)
+        if ROUND_BF16:
+            x = _round_to_bf16(x)
+        x = x.to(X.dtype.element_ty)
+        tl.store(S + row * N + cols, x, mask=in_row)
+    x = x.to(ACC)
+    # -- statistics, two passes over the row in registers. The mean is taken of x - x[0]: exact
+    # zeros for constant rows (so y is exactly the bias) and no cancellation for large offsets.
+    if RMS:
+        xc = x
+        mean = 0.0
+    else:
+        x0 = tl.sum(tl.where(cols == 0, x, 0.0), axis=0)
+        xs = tl.where(in_row, x - x0, 0.0)
+        mean_s = tl.sum(xs, axis=0) / N
+        xc = tl.where(in_row, xs - mean_s, 0.0)
+        mean = x0 + mean_s
+    var = tl.sum(xc * xc, axis=0) / N
+    rstd = 1.0 / tl.sqrt(var + eps)
+    # -- normalize, scale, shift
+    y = xc * rstd
+    if HAS_W:
+        y = y * tl.load(W + cols, mask=in_row, other=0.0).to(ACC)
+    if HAS_B:
+        y = y + tl.load(B + cols, mask=in_row, other=0.0).to(ACC)
+    _store_rounded(Y, row * N + cols, y, in_row, ROUND_BF16)
+    if not RMS:
+        tl.store(MEAN + row, mean)
+    tl.store(RSTD + row, rstd)
+
+
+@triton.jit
+def _norm_bwd_kernel(
+    DY, DSUM, X, W, MEAN, RSTD,   # dy (rows, N); dsum (rows, N) or None; x: what was normalized; w (N,) or None
+    DX, DW_PART, DB_PART,         # dx (rows, N) contiguous; (programs, N) float partials or None
+    stride_dy, stride_dsum, stride_x,
+    rows, N, rows_per_program, eps,
+    RMS: tl.constexpr, HAS_DSUM: tl.constexpr, HAS_W: tl.constexpr, HAS_DB: tl.constexpr,
+    ACC: tl.constexpr, BLOCK_N: tl.constexpr, ROUND_BF16: tl.constexpr,
+):
+    pid = tl.program_id(0).to(tl.int64)
+    cols = tl.arange(0, BLOCK_N)
+    in_row = cols < N
+    if HAS_W:
+        w = tl.load(W + cols, mask=in_row, other=0.0).to(ACC)
+    else:
+        w = tl.full((BLOCK_N,), 1.0, ACC)
+    dw_acc = tl.zeros((BLOCK_N,), dtype=ACC)
+    db_acc = tl.zeros((BLOCK_N,), dtype=ACC)
+    first = pid * rows_per_program
+    for i in range(0, rows_per_program):
+        row = first + i
+        if row < rows:
+            x = tl.load(X + row * stride_x + cols, mask=in_row, other=0.0).to(ACC)
+            dy = tl.load(DY + row * stride_dy + cols, mask=in_row, other=0.0).to(ACC)
+            rstd = tl.load(RSTD + row).to(ACC)
+            if RMS:
+                xhat = x * rstd
+            else:
+                xhat = tl.where(in_row, (x - tl.load(MEAN + row).to(ACC)) * rstd, 0.0)
+            wdy = w * dy
+            # dx = rstd * (w dy - xhat * mean(w dy xhat) [- mean(w dy) for LayerNorm])
+            c1 = tl.sum(wdy * xhat, axis=0) / N
+            if RMS:
+                dx = (wdy - xhat * c1) * rstd
+                # one element: 1 - xhat^2 cancels catastrophically; it equals eps * rstd^2 exactly
+                dx = tl.where(N == 1, wdy * eps * rstd * rstd * rstd, dx)
+            else:
+                c2 = tl.sum(wdy, axis=0) / N
+                dx = (wdy - (xhat * c1 + c2)) * rstd
+            if HAS_DSUM:  # the returned sum x + r feeds its own gradient straight through
+                dx += tl.load(DSUM + row * stride_dsum + cols, mask=in_row, other=0.0).to(ACC)
+            _store_rounded(DX, row * N + cols, dx, in_row, ROUND_BF16)
+            dw_acc += dy * xhat
+            db_acc += dy
+    if HAS_W:
+        tl.store(DW_PART + pid * N + cols, dw_acc, mask=in_row)
+    if HAS_DB:
+        tl.store(DB_PART + pid * N + cols, db_acc, mask=in_row)
+
+
+# ---- launchers ----------------------------------------------------------------------------------
+
+def _acc(dtype: torch.dtype):
+    return tl.float64 if dtype == torch.float64 else tl.float32
+
+
+def _stat_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _as_rows(t: Tensor) -> Tensor:
+    """(..., N) -> (rows, N) with a unit last stride: a view where possible, else a copy."""
+    n = t.shape[-1]
+    m = t.reshape(-1, n) if n > 0 else t.reshape(0, 0)
+    if n > 1 and m.stride(1) != 1:
+        m = m.contiguous()
+    return m
+
+
+def _block_n(n: int) -> int:
+    if n > MAX_HIDDEN:
+        raise ValueError(f"zenattn triton norm: hidden size {n} is over the Triton kernels' limit {MAX_HIDDEN}")
+    return triton.next_power_of_2(max(n, 1))
+
+
+def _round_bf16(dtype: torch.dtype) -> bool:
+    return dtype == torch.bfloat16 and backends.triton_interpreting()
+
+
+def _warps(block_n: int) -> int:
+    return min(max(block_n // 256, 1), 16)
+
+
+def _norm_fwd(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], residual: Optional[Tensor],
+              eps: float, rms: bool):
+    n = x.shape[-1]
+    x2 = _as_rows(x)
+    rows = x2.shape[0]
+    y = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    s = torch.empty(x.shape, dtype=x.dtype, device=x.device) if residual is not None else None
+    r2 = _as_rows(residual) if residual is not None else None
+    stats = x.shape[:-1]
+    mean = None if rms else torch.empty(stats, dtype=_stat_dtype(x.dtype), device=x.device)
+    rstd = torch.empty(stats, dtype=_stat_dtype(x.dtype), device=x.device)
+    if rows > 0 and n > 0:
+        block_n = _block_n(n)
+        w = weight.contiguous() if weight is not None else None
+        b = bias.contiguous() if bias is not None else None
+        _norm_fwd_kernel[(rows,)](
+            x2, r2, w, b, y, s, mean, rstd,
+            x2.stride(0), r2.stride(0) if r2 is not None else 0,
+            n, eps,
+            RMS=rms, HAS_RESIDUAL=residual is not None, HAS_W=weight is not None, HAS_B=bias is not None,
+            ACC=_acc(x.dtype), BLOCK_N=block_n, ROUND_BF16=_round_bf16(x.dtype), num_warps=_warps(block_n))
+    return y, s, mean, rstd
+
+
+def _norm_bwd(dy: Tensor, dsum: Optional[Tensor], x: Tensor, weight: Optional[Tensor],
+              mean: Optional[Tensor], rstd: Tensor, has_bias: bool, eps: float, rms: bool):
+    n = x.shape[-1]
+    x2, dy2 = _as_rows(x), _as_rows(dy)
+    ds2 = _as_rows(dsum) if dsum is not None else None
+    rows = x2.shape[0]
+    dx = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    programs = max(1, min(rows, BWD_MAX_PROGRAMS))
+    acc_dtype = _stat_dtype(x.dtype)
+    dw_part = torch.zeros(programs, n, dtype=acc_dtype, device=x.device) if weight is not None else None
+    db_part = torch.zeros(programs, n, dtype=acc_dtype, device=x.device) if has_bias else None
+    if rows > 0 and n > 0:
+        block_n = _block_n(n)
+        rows_per_program = triton.cdiv(rows, programs)
+        w = weight.contiguous() if weight is not None else None
+        _norm_bwd_kernel[(programs,)](
+            dy2, ds2, x2, w, mean.contiguous() if mean is not None else None, rstd.contiguous(),
+            dx, dw_part, db_part,
+            dy2.stride(0), ds2.stride(0) if ds2 is not None else 0, x2.stride(0),
+            rows, n, rows_per_program, eps,
+            RMS=rms, HAS_DSUM=dsum is not None, HAS_W=weight is not None, HAS_DB=has_bias,
+            ACC=_acc(x.dtype), BLOCK_N=block_n, ROUND_BF16=_round_bf16(x.dtype), num_warps=_warps(block_n))
+    dw = dw_part.sum(0).to(weight.dtype) if weight is not None else None
+    db = db_part.sum(0).to(x.dtype) if has_bias else None
+    return dx, dw, db
+
+
+def layer_norm_fwd(x, weight, bias, residual, eps):
+    return list(_norm_fwd(x, weight, bias, residual, eps, rms=False))
+
+
+def layer_norm_bwd(dy, dsum, x, weight, mean, rstd, has_bias):
+    return list(_norm_bwd(dy, dsum, x, weight, mean, rstd, has_bias, 0.0, rms=False))
+
+
+def rms_norm_fwd(x, weight, residual, eps):
+    y, s, _, rstd = _norm_fwd(x, weight, None, residual, eps, rms=True)
+    return [y, s, rstd]
+
+
+def rms_norm_bwd(dy, dsum, x, weight, rstd, eps):
+    dx, dw, _ = _norm_bwd(dy, dsum, x, weight, None, rstd, False, eps, rms=True)
+    return [dx, dw]
