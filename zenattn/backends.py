@@ -22,6 +22,8 @@ from typing import Callable, Optional
 
 import torch
 
+from zenattn.triton import interpreting as triton_interpreting
+
 ENV_VAR = "ZENATTN_BACKEND"
 ALL_BACKENDS = ("triton", "cuda", "cpu", "torch")
 # Preference order per device type for the automatic choice.
@@ -108,11 +110,6 @@ def _probe(name: str) -> BackendStatus:
                                                    f"tensors (TRITON_INTERPRET=1)")
         return BackendStatus(name, True, True, f"Triton {version} kernels ({', '.join(sorted(_LAUNCHERS['triton']))})")
     raise ValueError(f"unknown zenattn backend {name!r}; choose from {ALL_BACKENDS}")
-
-
-def triton_interpreting() -> bool:
-    """Whether Triton runs kernels in its interpreter (TRITON_INTERPRET=1, read by triton at import)."""
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
 def _triton_version() -> Optional[str]:

@@ -26,7 +26,9 @@ import torch
 from torch import Tensor
 
 from zenattn import backends
-from zenattn.ops.norm import _define, _lib, _stat_dtype
+from zenattn.ops._library import define as _define
+from zenattn.ops._library import lib as _lib
+from zenattn.ops._library import stat_dtype as _stat_dtype
 
 _SCORE_ARGS = ("Tensor? attn_mask, Tensor? alibi_slopes, Tensor? seed, float scale, float softcap, "
                "int window_left, int window_right, bool bottom_right, float dropout_p, bool deterministic, str backend")

@@ -28,24 +28,9 @@ import torch
 from torch import Tensor
 
 from zenattn import backends
-
-_lib = torch.library.Library("zenattn", "DEF")
-
-
-def _define(schema: str, impl, fake):
-    """Define zenattn::<schema>, implemented by ``impl`` on CPU and CUDA tensors (the ``backend``
-    argument picks the kernels) and by ``fake`` for meta/fake tensors; returns the op."""
-    name = schema.split("(", 1)[0]
-    _lib.define(schema)
-    for key in ("CPU", "CUDA"):
-        _lib.impl(name, impl, key)
-    torch.library.register_fake(f"zenattn::{name}", fake, lib=_lib)
-    return getattr(torch.ops.zenattn, name).default
-
-
-def _stat_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
+from zenattn.ops._library import define as _define
+from zenattn.ops._library import lib as _lib
+from zenattn.ops._library import stat_dtype as _stat_dtype
 
 def _or_empty(t: Optional[Tensor], like: Tensor) -> Tensor:
     return like.new_empty(0) if t is None else t

@@ -22,7 +22,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from zenattn import backends
+from zenattn.triton import interpreting
 
 MAX_HIDDEN = 65536      # one row must fit in one program's registers
 BWD_MAX_PROGRAMS = 256  # programs (and partial rows) of the backward; a function of the shape only
@@ -170,7 +170,7 @@ def _block_n(n: int) -> int:
 
 
 def _round_bf16(dtype: torch.dtype) -> bool:
-    return dtype == torch.bfloat16 and backends.triton_interpreting()
+    return dtype == torch.bfloat16 and interpreting()
 
 
 def _warps(block_n: int) -> int:
