@@ -14,6 +14,7 @@ import zenattn
 from zenattn import backends
 from zenattn.reference import attention_ref
 
+KERNELS = ["cpu", "triton"]  # the kernel backends (triton: in the interpreter on CPU tensors)
 FP32_TOL = dict(rtol=1e-5, atol=1e-5)  # fp32 vs torch's fp32 SDPA: both accumulate in fp32
 
 
@@ -56,15 +57,16 @@ SDPA_CASES = [
 ]
 
 
+@pytest.mark.parametrize("backend", KERNELS)
 @pytest.mark.parametrize("case", SDPA_CASES, ids=[c[0] for c in SDPA_CASES])
-def test_sdpa_matches_torch(case):
+def test_sdpa_matches_torch(case, backend):
     _, qs, ks, vs, kwargs = case
     kwargs = dict(kwargs)
     if "mask" in kwargs:
         kind, shape = kwargs.pop("mask")
         kwargs["attn_mask"] = torch.rand(shape) > 0.3 if kind == "bool" else torch.randn(shape)
     inputs = [_t(*s).requires_grad_(True) for s in (qs, ks, vs)]
-    ours = zenattn.scaled_dot_product_attention(*inputs, backend="cpu", **kwargs)
+    ours = zenattn.scaled_dot_product_attention(*inputs, backend=backend, **kwargs)
     if "attn_mask" in kwargs and kwargs["attn_mask"].dim() == 1:
         # torch 2.13's SDPA raises IndexError on a 1-D mask; it means the same as its (L, S) expansion
         kwargs["attn_mask"] = kwargs["attn_mask"].expand(qs[-2], ks[-2])
@@ -77,10 +79,11 @@ def test_sdpa_matches_torch(case):
         torch.testing.assert_close(a, b, **FP32_TOL)
 
 
+@pytest.mark.parametrize("backend", KERNELS)
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
-def test_sdpa_low_precision_dtype_and_closeness(dtype):
+def test_sdpa_low_precision_dtype_and_closeness(dtype, backend):
     q, k, v = (torch.randn(2, 3, 37, 32).to(dtype) for _ in range(3))
-    ours = zenattn.scaled_dot_product_attention(q, k, v, is_causal=True, backend="cpu")
+    ours = zenattn.scaled_dot_product_attention(q, k, v, is_causal=True, backend=backend)
     theirs = F.scaled_dot_product_attention(q, k, v, is_causal=True)
     assert ours.dtype == dtype
     tol = dict(rtol=1.6e-2, atol=1.6e-2) if dtype == torch.bfloat16 else dict(rtol=2e-3, atol=2e-3)  # ~1 ulp
@@ -288,8 +291,9 @@ def test_env_override(monkeypatch):
 
 # ---- log-sum-exp ---------------------------------------------------------------------------------------
 
+@pytest.mark.parametrize("backend", KERNELS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64], ids=str)
-def test_return_lse_matches_logsumexp_of_scores(dtype):
+def test_return_lse_matches_logsumexp_of_scores(dtype, backend):
     """lse = logsumexp over the allowed keys of the scaled (masked, biased) scores, computed here from
     the definition; rows with no allowed key give -inf."""
     B, H, Nq, Nk, D = 2, 3, 23, 11, 16
@@ -297,7 +301,7 @@ def test_return_lse_matches_logsumexp_of_scores(dtype):
     mask = torch.randn(Nq, Nk)
     scale = 0.3
     out, lse = zenattn.attention(q, k, v, attn_mask=mask, causal=True, alignment="bottom_right", scale=scale,
-                                 return_lse=True, backend="cpu")
+                                 return_lse=True, backend=backend)
     assert lse.shape == (B, H, Nq) and lse.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
     s = q.double() @ k.double().transpose(-1, -2) * scale + mask.double()
     i, j = torch.arange(Nq)[:, None], torch.arange(Nk)[None, :]
@@ -310,10 +314,11 @@ def test_return_lse_matches_logsumexp_of_scores(dtype):
     assert out.shape == (B, H, Nq, D)
 
 
-def test_lse_gradient_only():
+@pytest.mark.parametrize("backend", KERNELS)
+def test_lse_gradient_only(backend):
     """A loss on lse alone: d lse / d s = softmax(s), so dq = scale * P @ k, dv = 0."""
     q, k, v = (torch.randn(1, 2, n, 8, dtype=torch.float64, requires_grad=True) for n in (5, 9, 9))
-    _, lse = zenattn.attention(q, k, v, return_lse=True, backend="cpu")
+    _, lse = zenattn.attention(q, k, v, return_lse=True, backend=backend)
     dq, dk, dv = torch.autograd.grad(lse.sum(), (q, k, v))
     scale = 1 / math.sqrt(8)
     p = torch.softmax(q.detach() @ k.detach().transpose(-1, -2) * scale, dim=-1)
@@ -324,7 +329,7 @@ def test_lse_gradient_only():
 
 # ---- torch.library registration -----------------------------------------------------------------
 
-def _opcheck_cases():
+def _opcheck_cases(backend):
     ops = torch.ops.zenattn
 
     def qkv(Hq, Hkv, Nq, Nk, D, Dv, grad=True):
@@ -334,40 +339,41 @@ def _opcheck_cases():
     # schema order: q, k, v, attn_mask, alibi_slopes, seed, scale, softcap, window_left, window_right,
     #               bottom_right, dropout_p, deterministic, backend
     q, k, v = qkv(3, 3, 5, 7, 8, 6)
-    yield "fwd plain", ops.attention_fwd.default, (q, k, v, None, None, None, 0.35, 0.0, -1, -1, False, 0.0, False, "cpu")
+    yield f"{backend} fwd plain", ops.attention_fwd.default, (q, k, v, None, None, None, 0.35, 0.0, -1, -1, False, 0.0, False, backend)
     q, k, v = qkv(4, 2, 9, 6, 8, 8)
     mask = torch.randn(9, 6)
-    yield "fwd gqa mask alibi causal", ops.attention_fwd.default, (
-        q, k, v, mask, torch.rand(4), None, 0.35, 0.0, -1, 0, True, 0.0, False, "cpu")
+    yield f"{backend} fwd gqa mask alibi causal", ops.attention_fwd.default, (
+        q, k, v, mask, torch.rand(4), None, 0.35, 0.0, -1, 0, True, 0.0, False, backend)
     q, k, v = qkv(2, 2, 6, 6, 8, 8)
-    yield "fwd bool mask window softcap", ops.attention_fwd.default, (
-        q, k, v, torch.rand(2, 1, 6, 6) > 0.3, None, None, 0.35, 2.0, 2, 1, False, 0.0, True, "cpu")
-    yield "fwd dropout", ops.attention_fwd.default, (
-        q, k, v, None, None, torch.tensor(12345), 0.35, 0.0, -1, -1, False, 0.3, False, "cpu")
+    yield f"{backend} fwd bool mask window softcap", ops.attention_fwd.default, (
+        q, k, v, torch.rand(2, 1, 6, 6) > 0.3, None, None, 0.35, 2.0, 2, 1, False, 0.0, True, backend)
+    yield f"{backend} fwd dropout", ops.attention_fwd.default, (
+        q, k, v, None, None, torch.tensor(12345), 0.35, 0.0, -1, -1, False, 0.3, False, backend)
     # backward op on plain tensors, with and without a gradient on the lse
     q, k, v = qkv(4, 2, 9, 6, 8, 8, grad=False)
-    out, lse = ops.attention_fwd(q, k, v, None, None, None, 0.35, 0.0, -1, 0, True, 0.0, False, "cpu")
+    out, lse = ops.attention_fwd(q, k, v, None, None, None, 0.35, 0.0, -1, 0, True, 0.0, False, backend)
     dout = torch.randn_like(out)
-    yield "bwd", ops.attention_bwd.default, (
-        dout, q, k, v, out, lse, None, None, None, None, 0.35, 0.0, -1, 0, True, 0.0, False, "cpu")
-    yield "bwd dlse", ops.attention_bwd.default, (
-        dout, q, k, v, out, lse, torch.randn_like(lse), None, None, None, 0.35, 0.0, -1, 0, True, 0.0, False, "cpu")
+    yield f"{backend} bwd", ops.attention_bwd.default, (
+        dout, q, k, v, out, lse, None, None, None, None, 0.35, 0.0, -1, 0, True, 0.0, False, backend)
+    yield f"{backend} bwd dlse", ops.attention_bwd.default, (
+        dout, q, k, v, out, lse, torch.randn_like(lse), None, None, None, 0.35, 0.0, -1, 0, True, 0.0, False, backend)
 
 
-@pytest.mark.parametrize("case", list(_opcheck_cases()), ids=lambda c: c[0] if isinstance(c, tuple) else None)
+@pytest.mark.parametrize("case", [c for b in KERNELS for c in _opcheck_cases(b)], ids=lambda c: c[0] if isinstance(c, tuple) else None)
 def test_opcheck(case):
     _, op, args = case
     torch.library.opcheck(op, args)
 
 
-def test_torch_compile_fullgraph_matches_eager():
+@pytest.mark.parametrize("backend", KERNELS)
+def test_torch_compile_fullgraph_matches_eager(backend):
     torch._dynamo.reset()
 
     def block(q, k, v, mask, slopes):
         a = zenattn.attention(q, k, v, causal=True, alignment="bottom_right", window=(6, 0), softcap=4.0,
-                              alibi_slopes=slopes, backend="cpu")
-        out, lse = zenattn.attention(q, k, v, attn_mask=mask, return_lse=True, backend="cpu")
-        b = zenattn.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+                              alibi_slopes=slopes, backend=backend)
+        out, lse = zenattn.attention(q, k, v, attn_mask=mask, return_lse=True, backend=backend)
+        b = zenattn.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True, backend=backend)
         return a * 2 + out - b, lse
 
     q = torch.randn(2, 4, 11, 16, requires_grad=True)
@@ -385,10 +391,11 @@ def test_torch_compile_fullgraph_matches_eager():
         torch.testing.assert_close(a, b)
 
 
-def test_double_backward_raises_instead_of_silent_zeros():
+@pytest.mark.parametrize("backend", KERNELS)
+def test_double_backward_raises_instead_of_silent_zeros(backend):
     """The kernels' backward has no derivative: differentiating it must fail loudly, not give 0."""
     q, k, v = (t.requires_grad_(True) for t in _qkv())
-    out = zenattn.attention(q, k, v, backend="cpu")
+    out = zenattn.attention(q, k, v, backend=backend)
     (gq,) = torch.autograd.grad(out.pow(2).sum(), q, create_graph=True)
     with pytest.raises(RuntimeError, match="not differentiable"):
         gq.sum().backward()

@@ -1,5 +1,6 @@
 """Attention edge cases: gradcheck, fully masked rows, empty inputs, strided layouts, numerical
-extremes, dropout reproducibility and determinism of the cpu kernels."""
+extremes, dropout reproducibility and determinism of the kernel backends (cpu, and triton in its
+interpreter)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ from zenattn.functional.attention import _draw_seed
 from zenattn.reference import attention_ref
 
 from parity import FWD_FACTOR, GRAD_FACTOR, assert_within_rule
+
+KERNELS = ["cpu", "triton"]  # the kernel backends (triton: in the interpreter on CPU tensors)
 
 
 def randn(*shape, dtype=torch.float32, requires_grad=False):
@@ -49,9 +52,10 @@ GRADCHECK_CASES = [
 ]
 
 
+@pytest.mark.parametrize("backend", KERNELS)
 @pytest.mark.parametrize("return_lse", [False, True])
 @pytest.mark.parametrize("case", GRADCHECK_CASES, ids=[c[0] for c in GRADCHECK_CASES])
-def test_attention_gradcheck(case, return_lse):
+def test_attention_gradcheck(case, return_lse, backend):
     _, (B, Hq, Hkv, Nq, Nk, D, Dv), opts = case
     if return_lse and opts.get("alignment") == "bottom_right" and Nq > Nk:
         opts = dict(opts, alignment="top_left")  # lse of an empty row is -inf: no finite differences there
@@ -61,12 +65,15 @@ def test_attention_gradcheck(case, return_lse):
 
     def fn(q, k, v):
         torch.manual_seed(7)  # dropout: the same keep mask on every evaluation
-        return zenattn.attention(q, k, v, return_lse=return_lse, backend="cpu", **opts)
+        return zenattn.attention(q, k, v, return_lse=return_lse, backend=backend, **opts)
 
-    assert torch.autograd.gradcheck(fn, (q, k, v))
+    # The interpreter needs ~0.2 s a call; the full Jacobian takes hundreds of calls. fast_mode checks
+    # the backward along random directions with a few calls instead (still fails on any wrong term).
+    assert torch.autograd.gradcheck(fn, (q, k, v), fast_mode=backend == "triton")
 
 
-def test_attention_gradcheck_noncontiguous_inputs():
+@pytest.mark.parametrize("backend", KERNELS)
+def test_attention_gradcheck_noncontiguous_inputs(backend):
     """(B, N, H, D) buffers seen as (B, H, N, D): read in place, gradients land in the right place."""
     qb = torch.randn(1, 5, 2, 4, dtype=torch.float64, requires_grad=True)
     kb = torch.randn(1, 7, 2, 6, dtype=torch.float64, requires_grad=True)   # sliced to D = 4 below
@@ -74,9 +81,9 @@ def test_attention_gradcheck_noncontiguous_inputs():
 
     def fn(qb, kb, vb):
         return zenattn.attention(qb.transpose(1, 2), kb.transpose(1, 2)[..., :4], vb.transpose(-1, -2),
-                                 causal=True, return_lse=True, backend="cpu")
+                                 causal=True, return_lse=True, backend=backend)
 
-    assert torch.autograd.gradcheck(fn, (qb, kb, vb))
+    assert torch.autograd.gradcheck(fn, (qb, kb, vb), fast_mode=backend == "triton")
 
 
 # ---- fully masked rows -------------------------------------------------------------------------
@@ -102,7 +109,7 @@ def _empty_row_cases():
 EMPTY_ROW_CASES = list(_empty_row_cases())
 
 
-@pytest.mark.parametrize("backend", ["cpu", "torch"])  # the contract holds for every backend
+@pytest.mark.parametrize("backend", KERNELS + ["torch"])  # the contract holds for every backend
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64], ids=str)
 @pytest.mark.parametrize("case", EMPTY_ROW_CASES, ids=[c[0] for c in EMPTY_ROW_CASES])
 def test_fully_masked_rows(case, dtype, backend):
@@ -139,13 +146,14 @@ def test_fully_masked_rows(case, dtype, backend):
     torch.testing.assert_close(dv.double(), ref_grads[2], **tol)
 
 
-def test_sdpa_fully_masked_rows_give_zero_not_nan():
+@pytest.mark.parametrize("backend", KERNELS)
+def test_sdpa_fully_masked_rows_give_zero_not_nan(backend):
     """The drop-in gives 0 for a query whose float mask row is all -inf (as torch 2.13 does), and zero,
     finite gradients."""
     q, k, v = (randn(2, 4, n, 16, requires_grad=True) for n in (7, 11, 11))
     mask = torch.zeros(7, 11)
     mask[3] = float("-inf")
-    out = zenattn.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    out = zenattn.scaled_dot_product_attention(q, k, v, attn_mask=mask, backend=backend)
     assert torch.equal(out[:, :, 3], torch.zeros(2, 4, 16))
     (dq,) = grads_of(out, (q,), torch.randn_like(out))
     assert torch.equal(dq[:, :, 3], torch.zeros(2, 4, 16)) and torch.isfinite(dq).all()
@@ -153,6 +161,7 @@ def test_sdpa_fully_masked_rows_give_zero_not_nan():
 
 # ---- empty inputs ---------------------------------------------------------------------------------
 
+@pytest.mark.parametrize("backend", KERNELS)
 @pytest.mark.parametrize("shape", [
     (0, 3, 5, 7),   # batch 0
     (2, 3, 0, 7),   # no queries: dk, dv are 0
@@ -160,12 +169,12 @@ def test_sdpa_fully_masked_rows_give_zero_not_nan():
     (2, 3, 0, 0),   # neither
 ])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
-def test_empty_inputs(shape, dtype):
+def test_empty_inputs(shape, dtype, backend):
     B, H, Nq, Nk = shape
     q = randn(B, H, Nq, 8, dtype=dtype, requires_grad=True)
     k = randn(B, H, Nk, 8, dtype=dtype, requires_grad=True)
     v = randn(B, H, Nk, 6, dtype=dtype, requires_grad=True)
-    out, lse = zenattn.attention(q, k, v, causal=True, return_lse=True, backend="cpu")
+    out, lse = zenattn.attention(q, k, v, causal=True, return_lse=True, backend=backend)
     assert out.shape == (B, H, Nq, 6) and out.dtype == dtype and lse.shape == (B, H, Nq)
     assert torch.equal(out, torch.zeros_like(out))  # either empty, or rows with no key
     assert (lse == float("-inf")).all()
@@ -195,9 +204,10 @@ def _layout(name, B, H, N, D, dtype):
 LAYOUTS = ["transposed", "sliced", "expanded", "last-dim strided"]
 
 
+@pytest.mark.parametrize("backend", KERNELS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("layout", LAYOUTS)
-def test_noncontiguous_inputs_match_contiguous(layout, dtype):
+def test_noncontiguous_inputs_match_contiguous(layout, dtype, backend):
     B, H, N, D = 2, 4, 67, 40
     views = []
     for n, d in ((N, D), (N + 10, D), (N + 10, 24)):  # q, k, v (Nk != Nq, Dv != D)
@@ -206,7 +216,7 @@ def test_noncontiguous_inputs_match_contiguous(layout, dtype):
     q, k, v = views
     dense = [t.detach().contiguous().requires_grad_(True) for t in views]
     mask = torch.randn(N, N + 10).to(dtype)
-    opts = dict(causal=True, alignment="bottom_right", attn_mask=mask, backend="cpu")
+    opts = dict(causal=True, alignment="bottom_right", attn_mask=mask, backend=backend)
     out, lse = zenattn.attention(q, k, v, return_lse=True, **opts)
     out_d, lse_d = zenattn.attention(*dense, return_lse=True, **opts)
     # Not bitwise: BLAS may round differently for another row stride (seen: 2e-7 in fp32 for a
@@ -219,39 +229,42 @@ def test_noncontiguous_inputs_match_contiguous(layout, dtype):
         torch.testing.assert_close(g, g_d, **tol)
 
 
+@pytest.mark.parametrize("backend", KERNELS)
 @pytest.mark.parametrize("kind", ["bool", "float"])
-def test_noncontiguous_mask(kind):
+def test_noncontiguous_mask(kind, backend):
     """A transposed, expanded mask is read through its strides."""
     q, k, v = (randn(2, 3, n, 16) for n in (19, 23, 23))
     base = torch.rand(23, 19) > 0.3 if kind == "bool" else torch.randn(23, 19)
     mask = base.t()[None].expand(3, 19, 23)      # strides (0, 1, 19)
-    got = zenattn.attention(q, k, v, attn_mask=mask, backend="cpu")
-    torch.testing.assert_close(got, zenattn.attention(q, k, v, attn_mask=mask.contiguous(), backend="cpu"),
+    got = zenattn.attention(q, k, v, attn_mask=mask, backend=backend)
+    torch.testing.assert_close(got, zenattn.attention(q, k, v, attn_mask=mask.contiguous(), backend=backend),
                                rtol=0, atol=0)
     ref = attention_ref(q.double(), k.double(), v.double(), attn_mask=mask)
     torch.testing.assert_close(got.double(), ref, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("backend", KERNELS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
-def test_transposed_upstream_gradient(dtype):
+def test_transposed_upstream_gradient(dtype, backend):
     q, k, v = (randn(2, 4, 67, 40, dtype=dtype, requires_grad=True) for _ in range(3))
-    out = zenattn.attention(q, k, v, causal=True, backend="cpu")
+    out = zenattn.attention(q, k, v, causal=True, backend=backend)
     dout_t = torch.randn(2, 67, 4, 40).to(dtype).transpose(1, 2)   # (B, N, H, D) memory
     got = grads_of(out, (q, k, v), dout_t)
-    out = zenattn.attention(q, k, v, causal=True, backend="cpu")
+    out = zenattn.attention(q, k, v, causal=True, backend=backend)
     want = grads_of(out, (q, k, v), dout_t.contiguous())
     for g, w in zip(got, want):
         assert torch.equal(g, w)
     dout_e = torch.randn(1, 1, 1, 40).to(dtype).expand(2, 4, 67, 40)  # stride-0 upstream gradient
-    out = zenattn.attention(q, k, v, causal=True, backend="cpu")
+    out = zenattn.attention(q, k, v, causal=True, backend=backend)
     got = grads_of(out, (q, k, v), dout_e)
-    out = zenattn.attention(q, k, v, causal=True, backend="cpu")
+    out = zenattn.attention(q, k, v, causal=True, backend=backend)
     for g, w in zip(got, grads_of(out, (q, k, v), dout_e.contiguous())):
         assert torch.equal(g, w)
 
 
 # ---- numerical extremes -------------------------------------------------------------------------------
 
+@pytest.mark.parametrize("backend", KERNELS)
 @pytest.mark.parametrize("dtype, scale", [
     (torch.float32, 5.0),
     (torch.bfloat16, 5.0),
@@ -259,14 +272,14 @@ def test_transposed_upstream_gradient(dtype):
     (torch.float16, 3.0),
     (torch.float32, 100.0),   # scores around 1e4 * D / sqrt(D): softmax is one-hot
 ])
-def test_scaled_inputs_finite_and_within_rule(dtype, scale):
+def test_scaled_inputs_finite_and_within_rule(dtype, scale, backend):
     q, k, v = ((torch.randn(2, 3, 67, 40) * scale).to(dtype) for _ in range(3))
     dout = torch.randn(2, 3, 67, 40).to(dtype)
     results = {}
     for impl in ("zen", "torch", "ref"):
         leaves = [(t.double() if impl == "ref" else t).requires_grad_(True) for t in (q, k, v)]
         if impl == "zen":
-            out = zenattn.attention(*leaves, causal=True, backend="cpu")
+            out = zenattn.attention(*leaves, causal=True, backend=backend)
         elif impl == "torch":
             out = F.scaled_dot_product_attention(*leaves, is_causal=True)
         else:
@@ -280,10 +293,10 @@ def test_scaled_inputs_finite_and_within_rule(dtype, scale):
                            GRAD_FACTOR, dtype)
 
 
-def _bf16_run(impl, q, k, v, dout):
+def _bf16_run(impl, q, k, v, dout, backend="cpu"):
     leaves = [(t.double() if impl == "ref" else t).clone().requires_grad_(True) for t in (q, k, v)]
     if impl == "zen":
-        out = zenattn.attention(*leaves, backend="cpu")
+        out = zenattn.attention(*leaves, backend=backend)
     elif impl == "torch":
         out = F.scaled_dot_product_attention(*leaves)
     else:
@@ -291,12 +304,13 @@ def _bf16_run(impl, q, k, v, dout):
     return (out.detach(), *grads_of(out, leaves, dout.to(out.dtype)))
 
 
-def test_bf16_values_near_1e5():
+@pytest.mark.parametrize("backend", KERNELS)
+def test_bf16_values_near_1e5(backend):
     """bf16 values around 1e5 (133120 is a bf16 value) as V: finite, and within the rule."""
     v = (133120.0 + torch.randn(2, 3, 37, 32) * 2e4).bfloat16()
     q, k = (torch.randn(2, 3, 37, 32).bfloat16() for _ in range(2))
     dout = torch.randn(2, 3, 37, 32).bfloat16()
-    ours, theirs, ref = (_bf16_run(impl, q, k, v, dout) for impl in ("zen", "torch", "ref"))
+    ours, theirs, ref = (_bf16_run(impl, q, k, v, dout, backend) for impl in ("zen", "torch", "ref"))
     for t in ours:
         assert torch.isfinite(t).all()
     assert_within_rule("out", ours[0], theirs[0], ref[0], FWD_FACTOR, torch.bfloat16)
@@ -304,7 +318,8 @@ def test_bf16_values_near_1e5():
         assert_within_rule(name, o, t, r, GRAD_FACTOR, torch.bfloat16)
 
 
-def test_bf16_queries_and_keys_near_1e5():
+@pytest.mark.parametrize("backend", KERNELS)
+def test_bf16_queries_and_keys_near_1e5(backend):
     """bf16 Q and K around 1e5: scores near 1e10 make every softmax row one-hot. torch's own bf16
     SDPA gives NaN gradients here (seen with torch 2.13), so the rule has nothing to compare with:
     ours must be finite, the output exact up to bf16 rounding, and the gradients off by no more
@@ -313,7 +328,7 @@ def test_bf16_queries_and_keys_near_1e5():
     k = (q.float() * -0.5 + torch.randn(2, 3, 37, 32) * 1e4).bfloat16()
     v = torch.randn(2, 3, 37, 32).bfloat16()
     dout = torch.randn(2, 3, 37, 32).bfloat16()
-    ours, ref = _bf16_run("zen", q, k, v, dout), _bf16_run("ref", q, k, v, dout)
+    ours, ref = _bf16_run("zen", q, k, v, dout, backend), _bf16_run("ref", q, k, v, dout)
     for t in ours:
         assert torch.isfinite(t).all()
     torch.testing.assert_close(ours[0].double(), ref[0], rtol=8e-3, atol=8e-3)
@@ -325,45 +340,48 @@ def test_bf16_queries_and_keys_near_1e5():
 
 # ---- dropout ----------------------------------------------------------------------------------
 
-def _dropout_run(seed, q, k, v, dout, **opts):
+def _dropout_run(seed, q, k, v, dout, backend="cpu", **opts):
     torch.manual_seed(seed)
-    out = zenattn.attention(q, k, v, dropout_p=0.3, backend="cpu", **opts)
+    out = zenattn.attention(q, k, v, dropout_p=0.3, backend=backend, **opts)
     return (out, *grads_of(out, (q, k, v), dout))
 
 
+@pytest.mark.parametrize("backend", KERNELS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
-def test_dropout_same_seed_same_result(dtype):
+def test_dropout_same_seed_same_result(dtype, backend):
     q, k, v = (randn(2, 4, n, 32, dtype=dtype, requires_grad=True) for n in (67, 131, 131))
     dout = randn(2, 4, 67, 32, dtype=dtype)
-    a = _dropout_run(11, q, k, v, dout, causal=True)
-    b = _dropout_run(11, q, k, v, dout, causal=True)
+    a = _dropout_run(11, q, k, v, dout, backend, causal=True)
+    b = _dropout_run(11, q, k, v, dout, backend, causal=True)
     for x, y in zip(a, b):
         assert torch.equal(x, y)
-    c = _dropout_run(12, q, k, v, dout, causal=True)
+    c = _dropout_run(12, q, k, v, dout, backend, causal=True)
     for x, y in zip(a, c):
         assert not torch.equal(x, y)
-    no_dropout = zenattn.attention(q, k, v, causal=True, backend="cpu")
+    no_dropout = zenattn.attention(q, k, v, causal=True, backend=backend)
     assert not torch.equal(a[0], no_dropout)
 
 
-def test_dropout_consumes_torch_generator():
+@pytest.mark.parametrize("backend", KERNELS)
+def test_dropout_consumes_torch_generator(backend):
     """Two calls in a row draw two different masks (the seed comes from torch's generator)."""
     q = randn(1, 2, 33, 16)
     torch.manual_seed(3)
-    a = zenattn.attention(q, q, q, dropout_p=0.5, backend="cpu")
-    b = zenattn.attention(q, q, q, dropout_p=0.5, backend="cpu")
+    a = zenattn.attention(q, q, q, dropout_p=0.5, backend=backend)
+    b = zenattn.attention(q, q, q, dropout_p=0.5, backend=backend)
     assert not torch.equal(a, b)
     torch.manual_seed(3)
-    assert torch.equal(a, zenattn.attention(q, q, q, dropout_p=0.5, backend="cpu"))
+    assert torch.equal(a, zenattn.attention(q, q, q, dropout_p=0.5, backend=backend))
 
 
+@pytest.mark.parametrize("backend", KERNELS)
 @pytest.mark.parametrize("p", [0.1, 0.5, 0.9])
 @pytest.mark.parametrize("case", [
     ((2, 4, 4, 67, 131, 40, 24), {}),
     ((2, 6, 2, 37, 131, 40, 40), dict(causal=True, alignment="bottom_right", window=(50, 0))),  # GQA + window
     ((1, 2, 2, 129, 129, 59, 59), dict(softcap=3.0, alibi_slopes=torch.tensor([0.3, 0.1]))),
 ])
-def test_dropout_matches_reference_with_kernel_mask(case, p):
+def test_dropout_matches_reference_with_kernel_mask(case, p, backend):
     """In float64 the kernel equals attention_ref given the kernel's own keep mask: forward, lse and
     all three gradients."""
     (B, Hq, Hkv, Nq, Nk, D, Dv), opts = case
@@ -375,7 +393,7 @@ def test_dropout_matches_reference_with_kernel_mask(case, p):
     keep = zenattn._C.attention_dropout_keep(seed, B, Hq, Nq, Nk, p)
     assert keep.shape == (B, Hq, Nq, Nk) and keep.dtype == torch.bool
     torch.manual_seed(21)
-    out, lse = zenattn.attention(q, k, v, dropout_p=p, return_lse=True, backend="cpu", **opts)
+    out, lse = zenattn.attention(q, k, v, dropout_p=p, return_lse=True, backend=backend, **opts)
     ref, ref_lse = attention_ref(q, k, v, dropout_p=p, dropout_keep=keep, return_lse=True, **opts)
     torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(lse, ref_lse, rtol=1e-10, atol=1e-12)  # lse is taken before dropout
@@ -399,8 +417,9 @@ def test_dropout_keep_mask_drop_fraction(p):
     assert (other != keep).double().mean().item() > 0.5 * 2 * p * (1 - p)  # independent masks differ often
 
 
+@pytest.mark.parametrize("backend", KERNELS)
 @pytest.mark.parametrize("p", [0.1, 0.5])
-def test_dropout_kernel_drops_what_the_mask_says(p):
+def test_dropout_kernel_drops_what_the_mask_says(p, backend):
     """With q = 0 every probability is 1/Nk, and V = identity makes out[i, j] = keep[i, j] / (Nk (1 - p)):
     the kernel's applied mask, read back without the reference, has drop fraction p and equals
     attention_dropout_keep for its seed."""
@@ -408,7 +427,7 @@ def test_dropout_kernel_drops_what_the_mask_says(p):
     q, k = torch.zeros(B, H, Nq, 8), torch.randn(B, H, Nk, 8)
     v = torch.eye(Nk).expand(B, H, Nk, Nk)
     torch.manual_seed(5)
-    out = zenattn.attention(q, k, v, dropout_p=p, backend="cpu")
+    out = zenattn.attention(q, k, v, dropout_p=p, backend=backend)
     kept = out * (Nk * (1 - p))
     assert torch.allclose(kept, kept.round(), atol=1e-4)  # every entry is 0 or 1
     kept = kept.round().bool()
@@ -432,20 +451,22 @@ def test_dropout_independent_of_thread_count():
         assert torch.equal(a, b)
 
 
-def test_sdpa_dropout_reproducible():
+@pytest.mark.parametrize("backend", KERNELS)
+def test_sdpa_dropout_reproducible(backend):
     q, k, v = (randn(2, 4, 37, 16) for _ in range(3))
     torch.manual_seed(9)
-    a = zenattn.scaled_dot_product_attention(q, k, v, dropout_p=0.4)
+    a = zenattn.scaled_dot_product_attention(q, k, v, dropout_p=0.4, backend=backend)
     torch.manual_seed(9)
-    b = zenattn.scaled_dot_product_attention(q, k, v, dropout_p=0.4)
+    b = zenattn.scaled_dot_product_attention(q, k, v, dropout_p=0.4, backend=backend)
     assert torch.equal(a, b)
-    assert not torch.equal(a, zenattn.scaled_dot_product_attention(q, k, v))
+    assert not torch.equal(a, zenattn.scaled_dot_product_attention(q, k, v, backend=backend))
 
 
 # ---- determinism --------------------------------------------------------------------------------
 
+@pytest.mark.parametrize("backend", KERNELS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
-def test_deterministic_backward_bitwise_repeatable(dtype):
+def test_deterministic_backward_bitwise_repeatable(dtype, backend):
     """deterministic=True: repeated backward passes give bitwise identical gradients (GQA, so dk/dv
     are reduced over head groups)."""
     q = randn(2, 6, 131, 40, dtype=dtype, requires_grad=True)
@@ -454,7 +475,7 @@ def test_deterministic_backward_bitwise_repeatable(dtype):
     first = None
     for _ in range(5):  # a handful; the checklist's 50 are for the GPU kernels' atomics
         out, lse = zenattn.attention(q, k, v, causal=True, alignment="bottom_right", return_lse=True,
-                                     deterministic=True, backend="cpu")
+                                     deterministic=True, backend=backend)
         grads = grads_of((out, lse), (q, k, v), (dout, torch.ones_like(lse)))
         if first is None:
             first = grads
@@ -549,7 +570,8 @@ def test_backward_query_chunks_match_reference(b, hq, hkv, nq):
         assert (g - r).abs().max() < 1e-11, name
 
 
-def test_nan_in_masked_key_does_not_propagate():
+@pytest.mark.parametrize("backend", KERNELS)
+def test_nan_in_masked_key_does_not_propagate(backend):
     """A NaN score at a position the bool mask or the causal rule excludes is overwritten by -inf,
     so it does not reach the output (CHECKLIST 14). (A NaN in V still does: 0 * NaN = NaN in the
     P @ V product, as in torch.)"""
@@ -559,9 +581,9 @@ def test_nan_in_masked_key_does_not_propagate():
     mask[:, 5] = False
     ref_k, ref_v = k[..., :5, :].double(), v[..., :5, :].double()
     cases = [
-        (zenattn.attention(q, k, v, attn_mask=mask, backend="cpu"), attention_ref(q.double(), ref_k, ref_v)),
+        (zenattn.attention(q, k, v, attn_mask=mask, backend=backend), attention_ref(q.double(), ref_k, ref_v)),
         # 5 queries, top-left causal: query i sees keys 0..i, never key 5
-        (zenattn.attention(q[..., :5, :], k, v, causal=True, backend="cpu"),
+        (zenattn.attention(q[..., :5, :], k, v, causal=True, backend=backend),
          attention_ref(q[..., :5, :].double(), ref_k, ref_v, causal=True)),
     ]
     for out, ref in cases:
@@ -569,27 +591,29 @@ def test_nan_in_masked_key_does_not_propagate():
         assert (out.double() - ref).abs().max() < 1e-5
 
 
-def test_huge_row_stride_on_a_length_one_dim():
+@pytest.mark.parametrize("backend", KERNELS)
+def test_huge_row_stride_on_a_length_one_dim(backend):
     """A length-1 sequence dim may carry any stride; BLAS takes 32-bit leading dimensions, so such a
     tensor must be copied, not truncated (the product was silently skipped before)."""
     q = torch.randn(16).as_strided((2, 1, 1, 8), (8, 8, 2**32 + 3, 1))
     k, v = torch.randn(2, 1, 5, 8), torch.randn(2, 1, 5, 8)
     k1 = torch.randn(16).as_strided((2, 1, 1, 8), (8, 8, 2**32 + 3, 1))
-    out = zenattn.attention(q, k, v, backend="cpu")
+    out = zenattn.attention(q, k, v, backend=backend)
     assert (out - F.scaled_dot_product_attention(q.contiguous(), k, v)).abs().max() < 1e-5
-    out = zenattn.attention(q, k1, k1, backend="cpu")
+    out = zenattn.attention(q, k1, k1, backend=backend)
     assert (out - F.scaled_dot_product_attention(q.contiguous(), k1.contiguous(), k1.contiguous())).abs().max() < 1e-5
 
 
+@pytest.mark.parametrize("backend", KERNELS)
 @pytest.mark.parametrize("window, alignment, nq, nk", [
     ((None, 2**63 - 1), "top_left", 9, 5),
     ((2**63 - 1, None), "bottom_right", 9, 5),
     ((2**62, 2**62), "bottom_right", 5, 9),
 ])
-def test_huge_window_sides_mean_unbounded(window, alignment, nq, nk):
+def test_huge_window_sides_mean_unbounded(window, alignment, nq, nk, backend):
     q, k, v = randn(1, 2, nq, 8), randn(1, 2, nk, 8), randn(1, 2, nk, 8)
-    out = zenattn.attention(q, k, v, window=window, alignment=alignment, backend="cpu")
-    assert torch.equal(out, zenattn.attention(q, k, v, alignment=alignment, backend="cpu"))
+    out = zenattn.attention(q, k, v, window=window, alignment=alignment, backend=backend)
+    assert torch.equal(out, zenattn.attention(q, k, v, alignment=alignment, backend=backend))
 
 
 def test_reference_causal_with_unbounded_right_side():

@@ -20,7 +20,7 @@ from zenattn.reference import attention_ref
 
 from parity import FWD_FACTOR, GRAD_FACTOR, assert_within_rule
 
-BACKENDS = ["cpu"]  # every compiled attention backend that runs on this device
+BACKENDS = ["cpu", "triton"]  # every kernel backend (triton: in the interpreter on CPU tensors)
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 DROPOUT_SEED = 1234  # torch.manual_seed before the zenattn call, so the keep mask is known
 

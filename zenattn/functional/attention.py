@@ -166,7 +166,8 @@ def attention(
     A query that may attend no key gets output 0, log-sum-exp ``-inf`` and zero gradients.
     ``dropout_p`` zeroes probabilities with that chance and scales the rest by ``1/(1-p)``; the mask
     is drawn from a seed taken from torch's default generator, so ``torch.manual_seed`` reproduces
-    it. ``deterministic=True`` asks for a bitwise-repeatable backward (the cpu backend always is).
+    it. ``deterministic=True`` asks for a bitwise-repeatable backward (the cpu and triton backends
+    always are: neither uses atomics).
 
     Returns:
         ``out (B, Hq, Nq, Dv)`` in q's dtype, and with ``return_lse`` also the log-sum-exp of each

@@ -15,7 +15,7 @@ last key (offset ``Nk - Nq``). ``seed`` is an int64 scalar tensor drawn from tor
 when ``dropout_p > 0``; the kernels derive every keep/drop decision from it, so the backward redraws
 the forward's mask. ``dlse`` is the gradient of the returned lse (None when it is unused).
 Every backend implements these launcher signatures, so one autograd registration serves them all; the mask, slopes and seed get no gradient. ``deterministic`` asks
-for a backward whose result is bitwise repeatable (the cpu kernels always are).
+for a backward whose result is bitwise repeatable (the cpu and triton kernels always are).
 """
 
 from __future__ import annotations
@@ -106,4 +106,10 @@ def _attention_double_backward(ctx, *grads):
 # Without this, differentiating the backward would silently give zero (torch only warns).
 torch.library.register_autograd("zenattn::attention_bwd", _attention_double_backward, lib=_lib)
 
+def _triton_attention():
+    from zenattn.triton import attention  # noqa: PLC0415  (imports triton: only at first use)
+    return attention
+
+
 backends.register("cpu", "attention", backends.extension)
+backends.register("triton", "attention", _triton_attention)

@@ -1,5 +1,5 @@
 """Triton kernels (the ``triton`` backend). Imported lazily, at an op's first use: importing
-triton takes about a second. See ``zenattn/triton/norm.py``."""
+triton takes about a second. See ``zenattn/triton/attention.py`` and ``zenattn/triton/norm.py``."""
 
 import os
 

@@ -22,26 +22,10 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from zenattn.triton import interpreting
+from zenattn.triton.common import acc_dtype, round_bf16, round_to_bf16, stat_dtype, store_rounded
 
 MAX_HIDDEN = 65536      # one row must fit in one program's registers
 BWD_MAX_PROGRAMS = 256  # programs (and partial rows) of the backward; a function of the shape only
-
-
-@triton.jit
-def _round_to_bf16(x):
-    """fp32 -> the nearest bf16 value (ties to even), still as fp32. Triton's interpreter truncates
-    fp32 -> bf16 conversions; this rounding first makes them exact. Used only when interpreting."""
-    bits = x.to(tl.uint32, bitcast=True)
-    bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
-    return bits.to(tl.float32, bitcast=True)
-
-
-@triton.jit
-def _store_rounded(PTR, offsets, value, mask, ROUND_BF16: tl.constexpr):
-    if ROUND_BF16:
-        value = _round_to_bf16(value.to(tl.float32))
-    tl.store(PTR + offsets, value.to(PTR.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -53,7 +37,7 @@ def _norm_fwd_kernel(
     RMS: tl.constexpr, HAS_RESIDUAL: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr,
     ACC: tl.constexpr,     # tl.float32, or tl.float64 for float64 input
     BLOCK_N: tl.constexpr,
-    ROUND_BF16: tl.constexpr,  # interpreter only: round bf16 outputs to nearest (see _round_to_bf16)
+    ROUND_BF16: tl.constexpr,  # interpreter only: round bf16 outputs to nearest (see round_to_bf16)
 ):
     row = tl.program_id(0).to(tl.int64)      # int64: rows * N may exceed 2^31
     cols = tl.arange(0, BLOCK_N)
@@ -65,7 +49,7 @@ def _norm_fwd_kernel(
         r = tl.load(R + row * stride_r + cols, mask=in_row, other=0.0)
         x = x.to(ACC) + r.to(ACC)
         if ROUND_BF16:
-            x = _round_to_bf16(x)
+            x = round_to_bf16(x)
         x = x.to(X.dtype.element_ty)
         tl.store(S + row * N + cols, x, mask=in_row)
     x = x.to(ACC)
@@ -88,7 +72,7 @@ def _norm_fwd_kernel(
         y = y * tl.load(W + cols, mask=in_row, other=0.0).to(ACC)
     if HAS_B:
         y = y + tl.load(B + cols, mask=in_row, other=0.0).to(ACC)
-    _store_rounded(Y, row * N + cols, y, in_row, ROUND_BF16)
+    store_rounded(Y, row * N + cols, y, in_row, ROUND_BF16)
     if not RMS:
         tl.store(MEAN + row, mean)
     tl.store(RSTD + row, rstd)
@@ -135,7 +119,7 @@ def _norm_bwd_kernel(
                 dx = (wdy - (xhat * c1 + c2)) * rstd
             if HAS_DSUM:  # the returned sum x + r feeds its own gradient straight through
                 dx += tl.load(DSUM + row * stride_dsum + cols, mask=in_row, other=0.0).to(ACC)
-            _store_rounded(DX, row * N + cols, dx, in_row, ROUND_BF16)
+            store_rounded(DX, row * N + cols, dx, in_row, ROUND_BF16)
             dw_acc += dy * xhat
             db_acc += dy
     if HAS_W:
@@ -145,14 +129,6 @@ def _norm_bwd_kernel(
 
 
 # ---- launchers ----------------------------------------------------------------------------------
-
-def _acc(dtype: torch.dtype):
-    return tl.float64 if dtype == torch.float64 else tl.float32
-
-
-def _stat_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
 
 def _as_rows(t: Tensor) -> Tensor:
     """(..., N) -> (rows, N) with a unit last stride: a view where possible, else a copy."""
@@ -169,10 +145,6 @@ def _block_n(n: int) -> int:
     return triton.next_power_of_2(max(n, 1))
 
 
-def _round_bf16(dtype: torch.dtype) -> bool:
-    return dtype == torch.bfloat16 and interpreting()
-
-
 def _warps(block_n: int) -> int:
     return min(max(block_n // 256, 1), 16)
 
@@ -186,8 +158,8 @@ def _norm_fwd(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], resid
     s = torch.empty(x.shape, dtype=x.dtype, device=x.device) if residual is not None else None
     r2 = _as_rows(residual) if residual is not None else None
     stats = x.shape[:-1]
-    mean = None if rms else torch.empty(stats, dtype=_stat_dtype(x.dtype), device=x.device)
-    rstd = torch.empty(stats, dtype=_stat_dtype(x.dtype), device=x.device)
+    mean = None if rms else torch.empty(stats, dtype=stat_dtype(x.dtype), device=x.device)
+    rstd = torch.empty(stats, dtype=stat_dtype(x.dtype), device=x.device)
     if rows > 0 and n > 0:
         block_n = _block_n(n)
         w = weight.contiguous() if weight is not None else None
@@ -197,7 +169,7 @@ def _norm_fwd(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], resid
             x2.stride(0), r2.stride(0) if r2 is not None else 0,
             n, eps,
             RMS=rms, HAS_RESIDUAL=residual is not None, HAS_W=weight is not None, HAS_B=bias is not None,
-            ACC=_acc(x.dtype), BLOCK_N=block_n, ROUND_BF16=_round_bf16(x.dtype), num_warps=_warps(block_n))
+            ACC=acc_dtype(x.dtype), BLOCK_N=block_n, ROUND_BF16=round_bf16(x.dtype), num_warps=_warps(block_n))
     return y, s, mean, rstd
 
 
@@ -209,9 +181,9 @@ def _norm_bwd(dy: Tensor, dsum: Optional[Tensor], x: Tensor, weight: Optional[Te
     rows = x2.shape[0]
     dx = torch.empty(x.shape, dtype=x.dtype, device=x.device)
     programs = max(1, min(rows, BWD_MAX_PROGRAMS))
-    acc_dtype = _stat_dtype(x.dtype)
-    dw_part = torch.zeros(programs, n, dtype=acc_dtype, device=x.device) if weight is not None else None
-    db_part = torch.zeros(programs, n, dtype=acc_dtype, device=x.device) if has_bias else None
+    part_dtype = stat_dtype(x.dtype)
+    dw_part = torch.zeros(programs, n, dtype=part_dtype, device=x.device) if weight is not None else None
+    db_part = torch.zeros(programs, n, dtype=part_dtype, device=x.device) if has_bias else None
     if rows > 0 and n > 0:
         block_n = _block_n(n)
         rows_per_program = triton.cdiv(rows, programs)
@@ -222,7 +194,7 @@ def _norm_bwd(dy: Tensor, dsum: Optional[Tensor], x: Tensor, weight: Optional[Te
             dy2.stride(0), ds2.stride(0) if ds2 is not None else 0, x2.stride(0),
             rows, n, rows_per_program, eps,
             RMS=rms, HAS_DSUM=dsum is not None, HAS_W=weight is not None, HAS_DB=has_bias,
-            ACC=_acc(x.dtype), BLOCK_N=block_n, ROUND_BF16=_round_bf16(x.dtype), num_warps=_warps(block_n))
+            ACC=acc_dtype(x.dtype), BLOCK_N=block_n, ROUND_BF16=round_bf16(x.dtype), num_warps=_warps(block_n))
     dw = dw_part.sum(0).to(weight.dtype) if weight is not None else None
     db = db_part.sum(0).to(x.dtype) if has_bias else None
     return dx, dw, db

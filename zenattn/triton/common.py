@@ -1,0 +1,72 @@
+"""Helpers shared by the Triton kernels: accumulation dtypes and the interpreter's bf16 rounding."""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from triton.language.extra import libdevice
+
+from zenattn.triton import interpreting
+
+
+@triton.jit
+def round_to_bf16(x):
+    """fp32 -> the nearest bf16 value (ties to even), still as fp32. Triton's interpreter truncates
+    fp32 -> bf16 conversions; this rounding first makes them exact. Used only when interpreting."""
+    bits = x.to(tl.uint32, bitcast=True)
+    bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
+    return bits.to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def to_dtype(x, DTYPE: tl.constexpr, ROUND_BF16: tl.constexpr):
+    """``x.to(DTYPE)``, rounding to nearest under the interpreter (see :func:`round_to_bf16`)."""
+    if ROUND_BF16:
+        x = round_to_bf16(x.to(tl.float32))
+    return x.to(DTYPE)
+
+
+@triton.jit
+def dot(a, b, ACC: tl.constexpr, PRECISION: tl.constexpr, ROUND_BF16: tl.constexpr):
+    """``tl.dot(a, b)`` accumulated in ACC. Under the interpreter (ROUND_BF16), bf16 operands are
+    widened to fp32 first (exactly): its dot multiplies bf16's raw storage bits otherwise."""
+    if ROUND_BF16:
+        return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee", out_dtype=ACC)
+    return tl.dot(a, b, input_precision=PRECISION, out_dtype=ACC)
+
+
+@triton.jit
+def _tanh_exp(x):
+    """tanh from exp, in float64 (absolute error ~1e-16): the interpreter has no libdevice."""
+    y = x.to(tl.float64)
+    e = tl.exp(-2.0 * tl.abs(y))
+    t = (1.0 - e) / (1.0 + e)
+    return tl.where(y < 0, -t, t).to(x.dtype)
+
+
+@triton.jit
+def _tanh_libdevice(x):
+    return libdevice.tanh(x)
+
+
+tanh = _tanh_exp if interpreting() else _tanh_libdevice
+
+
+@triton.jit
+def store_rounded(PTR, offsets, value, mask, ROUND_BF16: tl.constexpr):
+    tl.store(PTR + offsets, to_dtype(value, PTR.dtype.element_ty, ROUND_BF16), mask=mask)
+
+
+def acc_dtype(dtype: torch.dtype):
+    """The Triton accumulation dtype for inputs of ``dtype``: float64 for float64, else float32."""
+    return tl.float64 if dtype == torch.float64 else tl.float32
+
+
+def stat_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def round_bf16(dtype: torch.dtype) -> bool:
+    """Whether stores of ``dtype`` need :func:`round_to_bf16` (bf16 under the interpreter)."""
+    return dtype == torch.bfloat16 and interpreting()
