@@ -4,10 +4,16 @@ import random
 import pytest
 import torch
 
-# The tests give the Triton kernels CPU tensors, which they run on in Triton's interpreter; triton
-# reads this variable when first imported (zenattn imports triton only when a Triton op first runs).
-# Set on GPU machines too: the parity grid does not yet move its tensors to CUDA (issue #4).
-os.environ.setdefault("TRITON_INTERPRET", "1")
+# Where the tests make their tensors. By default CPU tensors, which the Triton kernels run on in
+# Triton's interpreter (triton reads TRITON_INTERPRET when first imported; zenattn imports triton
+# only when a Triton op first runs). ZENATTN_TEST_DEVICE=cuda makes CUDA the default device, so
+# the same tests run the Triton kernels compiled for the GPU; run them there with `-k triton`
+# (the cpu backend's cases cannot take CUDA tensors). See benchmarks/gpu_check.sh.
+TEST_DEVICE = os.environ.get("ZENATTN_TEST_DEVICE", "cpu")
+if TEST_DEVICE == "cpu":
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+else:
+    torch.set_default_device(TEST_DEVICE)
 
 
 @pytest.fixture(autouse=True)

@@ -278,6 +278,23 @@ def test_explain_accounts_for_head_dim_limit():
     assert "backend 'torch'" in text and "head dims must be in 1..256" in text, text
 
 
+def test_triton_declines_float64_on_gpus():
+    """On CUDA tensors the triton backend refuses float64 (triton 3.6 cannot lower a float64 dot for
+    sm_80), so the automatic choice moves on; in the interpreter (CPU tensors) it takes float64."""
+    from types import SimpleNamespace
+
+    from zenattn.functional.attention import _kernel_limits
+
+    def fake(dtype, device):  # only shape, dtype and device are read: no CUDA needed
+        return SimpleNamespace(shape=(2, 3, 11, 16), dtype=dtype, device=torch.device(device))
+
+    cuda64 = (fake(torch.float64, "cuda"),) * 3
+    assert "not float64" in _kernel_limits("triton", cuda64)
+    assert _kernel_limits("cuda", cuda64) is None and _kernel_limits("torch", cuda64) is None
+    assert _kernel_limits("triton", (fake(torch.float32, "cuda"),) * 3) is None
+    assert _kernel_limits("triton", (fake(torch.float64, "cpu"),) * 3) is None
+
+
 def test_env_override(monkeypatch):
     q, k, v = _qkv()
     monkeypatch.setenv("ZENATTN_BACKEND", "cuda")

@@ -390,7 +390,7 @@ def test_dropout_matches_reference_with_kernel_mask(case, p, backend):
     v = torch.randn(B, Hkv, Nk, Dv, dtype=torch.float64, requires_grad=True)
     torch.manual_seed(21)
     seed = int(_draw_seed())
-    keep = zenattn._C.attention_dropout_keep(seed, B, Hq, Nq, Nk, p)
+    keep = zenattn._C.attention_dropout_keep(seed, B, Hq, Nq, Nk, p).to(q.device)
     assert keep.shape == (B, Hq, Nq, Nk) and keep.dtype == torch.bool
     torch.manual_seed(21)
     out, lse = zenattn.attention(q, k, v, dropout_p=p, return_lse=True, backend=backend, **opts)
@@ -433,7 +433,7 @@ def test_dropout_kernel_drops_what_the_mask_says(p, backend):
     kept = kept.round().bool()
     assert abs(1 - kept.double().mean().item() - p) < 0.01
     torch.manual_seed(5)
-    assert torch.equal(kept, zenattn._C.attention_dropout_keep(int(_draw_seed()), B, H, Nq, Nk, p))
+    assert torch.equal(kept, zenattn._C.attention_dropout_keep(int(_draw_seed()), B, H, Nq, Nk, p).to(kept.device))
 
 
 def test_dropout_independent_of_thread_count():

@@ -75,7 +75,7 @@ def dropout_keep(opts, q, k):
     torch.manual_seed(DROPOUT_SEED)
     seed = int(_draw_seed())
     B, Hq, Nq, Nk = q.shape[0], q.shape[1], q.shape[2], k.shape[2]
-    return zenattn._C.attention_dropout_keep(seed, B, Hq, Nq, Nk, opts["dropout_p"])
+    return zenattn._C.attention_dropout_keep(seed, B, Hq, Nq, Nk, opts["dropout_p"]).to(q.device)
 
 
 def run_attention(impl, q, k, v, dout, opts, keep, backend="cpu"):

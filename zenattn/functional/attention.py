@@ -91,18 +91,22 @@ def _window_sides(fn: str, window: Window, causal: bool) -> tuple[int, int]:
     return left, right
 
 
-def _head_dims_fit(backend: str, tensors: tuple) -> Optional[str]:
-    """The kernel backends' head-dim limit, for backends.select (tensors: q, k, v as given)."""
+def _kernel_limits(backend: str, tensors: tuple) -> Optional[str]:
+    """What the kernel backends cannot take, for backends.select (tensors: q, k, v as given)."""
     if backend == "torch" or len(tensors) < 3 or tensors[0] is None or tensors[2] is None:
         return None
-    d, dv = tensors[0].shape[-1], tensors[2].shape[-1]
+    q = tensors[0]
+    d, dv = q.shape[-1], tensors[2].shape[-1]
     if not (1 <= d <= MAX_HEAD_DIM and 1 <= dv <= MAX_HEAD_DIM):
         return (f"head dims must be in 1..{MAX_HEAD_DIM} for backend {backend!r}, got {d} (query/key) "
                 f"and {dv} (value)")
+    if backend == "triton" and q.dtype == torch.float64 and q.device.type == "cuda":
+        # triton 3.6 cannot lower float64 tl.dot on sm_80 (an assertion in its MMA lowering)
+        return "the Triton attention kernels take float32/float16/bfloat16 on GPUs, not float64"
     return None
 
 
-backends.register_check("attention", _head_dims_fit)
+backends.register_check("attention", _kernel_limits)
 
 
 def _autocast(q: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -125,7 +129,7 @@ def _autocast(q: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor, Tensor]:
 
 def _draw_seed() -> Tensor:
     """The dropout seed, drawn from torch's default CPU generator (torch.manual_seed reproduces it)."""
-    return torch.randint(0, 2**62, (), dtype=torch.int64)
+    return torch.randint(0, 2**62, (), dtype=torch.int64, device="cpu")
 
 
 def attention(

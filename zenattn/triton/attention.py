@@ -23,12 +23,13 @@ gives; ``_dropout_keep`` draws the same Philox4x32-10 stream as the C++ kernels
 Head dims up to 256 are padded to a power of two (at least 16, the smallest ``tl.dot``). Row
 offsets are int64. On CUDA the block sizes are autotuned per (dtype, head dims, length bucket,
 features); in Triton's interpreter (``TRITON_INTERPRET=1``, CPU tensors) one fixed configuration
-runs.
+runs (also on CUDA with ``ZENATTN_TRITON_AUTOTUNE=0``).
 """
 
 from __future__ import annotations
 
 import math
+import os
 from typing import Optional
 
 import torch
@@ -40,8 +41,8 @@ from zenattn.triton import interpreting
 from zenattn.triton.common import acc_dtype, dot, round_bf16, stat_dtype, store_rounded, tanh, to_dtype
 
 MAX_HEAD_DIM = 256
-LOG2E = 1.4426950408889634
-LN2 = 0.6931471805599453
+LOG2E = tl.constexpr(1.4426950408889634)  # jit code reads module globals only as constexpr
+LN2 = tl.constexpr(0.6931471805599453)
 
 
 # ---- score and dropout helpers (shared by the forward and both backward kernels) -------------------
@@ -360,16 +361,32 @@ def _attn_bwd_dq_kernel(
 _TUNE_KEY = ["TUNE_N", "BLOCK_D", "BLOCK_DV", "HAS_MASK", "HAS_WL", "HAS_WR", "HAS_DROPOUT", "HAS_SOFTCAP"]
 _FWD_CONFIGS = [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
                 for bm, bn, w, s in [(128, 64, 8, 3), (128, 128, 8, 3), (128, 64, 4, 3), (64, 64, 4, 3),
-                                     (128, 32, 4, 4), (64, 32, 4, 2), (128, 128, 8, 2), (64, 128, 4, 3)]]
+                                     (128, 32, 4, 4), (64, 32, 4, 2), (128, 128, 8, 2), (64, 128, 4, 3),
+                                     (32, 32, 4, 1)]]   # the last fits any head dim and dtype
 _BWD_CONFIGS = [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
                 for bm, bn, w, s in [(64, 128, 8, 2), (64, 64, 4, 2), (32, 128, 4, 2), (64, 64, 8, 3),
-                                     (32, 64, 4, 2), (128, 128, 8, 2), (32, 32, 4, 2)]]
-# In the interpreter every program step is numpy work: large blocks mean fewer steps.
-_INTERPRETER_BLOCKS = {"BLOCK_M": 64, "BLOCK_N": 64}
+                                     (32, 64, 4, 2), (128, 128, 8, 2), (32, 32, 4, 2), (32, 32, 4, 1)]]
+# Without autotuning (the interpreter, or ZENATTN_TRITON_AUTOTUNE=0): one configuration. In the
+# interpreter every program step is numpy work, so large blocks mean fewer steps.
+def gpu_fixed_config(block_d: int, block_dv: int) -> dict:
+    """The configuration on CUDA without autotuning."""
+    if max(block_d, block_dv) > 128:  # D = 256: fits sm_80's shared memory in fp32 too (tests/test_triton_compile.py)
+        return {"BLOCK_M": 32, "BLOCK_N": 32, "num_warps": 4, "num_stages": 1}
+    return {"BLOCK_M": 64, "BLOCK_N": 64, "num_warps": 4, "num_stages": 2}
+
+
+def _fixed_config(block_d: int, block_dv: int) -> dict:
+    return {"BLOCK_M": 64, "BLOCK_N": 64} if interpreting() else gpu_fixed_config(block_d, block_dv)
+
+
+AUTOTUNE_ENV = "ZENATTN_TRITON_AUTOTUNE"
 
 
 def _tuned(kernel, configs):
-    if interpreting():
+    """The autotuned kernel, or None where one fixed configuration runs: in the interpreter, and
+    with ZENATTN_TRITON_AUTOTUNE=0 (the GPU test run sets it: every new shape family would otherwise
+    compile and time every configuration)."""
+    if interpreting() or os.environ.get(AUTOTUNE_ENV, "1") == "0":
         return None
     return triton.autotune(configs=configs, key=_TUNE_KEY)(kernel)
 
@@ -381,9 +398,10 @@ _DQ_TUNED = _tuned(_attn_bwd_dq_kernel, _BWD_CONFIGS)
 
 def _launch(kernel, tuned, programs, args, meta):
     """Run ``kernel`` over a 1-D grid of ``programs(BLOCK_M, BLOCK_N)`` programs: autotuned on CUDA,
-    with the interpreter's fixed blocks otherwise."""
+    with the fixed blocks otherwise."""
     if tuned is None:
-        kernel[(programs(**_INTERPRETER_BLOCKS),)](*args, **meta, **_INTERPRETER_BLOCKS)
+        config = _fixed_config(meta["BLOCK_D"], meta["BLOCK_DV"])
+        kernel[(programs(config["BLOCK_M"], config["BLOCK_N"]),)](*args, **meta, **config)
     else:
         tuned[lambda cfg: (programs(cfg["BLOCK_M"], cfg["BLOCK_N"]),)](*args, **meta)
 
