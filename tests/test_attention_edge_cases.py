@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 import zenattn
 from zenattn.functional.attention import _draw_seed
-from zenattn.reference import attention_ref
+from zenattn.reference import attention_ref, dropout_keep_ref
 
 from parity import FWD_FACTOR, GRAD_FACTOR, assert_within_rule
 
@@ -390,7 +390,7 @@ def test_dropout_matches_reference_with_kernel_mask(case, p, backend):
     v = torch.randn(B, Hkv, Nk, Dv, dtype=torch.float64, requires_grad=True)
     torch.manual_seed(21)
     seed = int(_draw_seed())
-    keep = zenattn._C.attention_dropout_keep(seed, B, Hq, Nq, Nk, p).to(q.device)
+    keep = dropout_keep_ref(seed, B, Hq, Nq, Nk, p, q.device)
     assert keep.shape == (B, Hq, Nq, Nk) and keep.dtype == torch.bool
     torch.manual_seed(21)
     out, lse = zenattn.attention(q, k, v, dropout_p=p, return_lse=True, backend=backend, **opts)
@@ -400,6 +400,27 @@ def test_dropout_matches_reference_with_kernel_mask(case, p, backend):
     dout, dlse = torch.randn_like(out), torch.randn_like(lse)
     for g, r in zip(grads_of((out, lse), (q, k, v), (dout, dlse)), grads_of((ref, ref_lse), (q, k, v), (dout, dlse))):
         torch.testing.assert_close(g, r, rtol=1e-10, atol=1e-11)
+
+
+@pytest.mark.parametrize("seed, shape, p", [
+    (12345, (2, 3, 17, 29), 0.3),          # k_len not a multiple of 4
+    (2**61 + 7, (1, 2, 5, 8), 0.5),        # both 32-bit halves of the key in use
+    (987654321, (2, 4, 67, 131), 0.9),
+])
+def test_dropout_keep_reference_equals_the_kernels_mask(seed, shape, p):
+    """The pure-torch Philox in zenattn.reference (the torch backend's mask, and the tests' oracle)
+    and the C++ one draw the same mask bit for bit."""
+    assert torch.equal(dropout_keep_ref(seed, *shape, p), zenattn._C.attention_dropout_keep(seed, *shape, p))
+
+
+def test_torch_backend_draws_the_kernels_dropout_mask():
+    """One seed, one mask on every backend: backend="torch" equals the cpu kernels under dropout."""
+    q, k, v = (torch.randn(2, 4, n, 16, dtype=torch.float64) for n in (37, 53, 53))
+    results = []
+    for backend in ("cpu", "torch"):
+        torch.manual_seed(4)
+        results.append(zenattn.attention(q, k, v, dropout_p=0.4, causal=True, backend=backend))
+    torch.testing.assert_close(results[0], results[1], rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("p", [0.1, 0.5])
@@ -422,7 +443,7 @@ def test_dropout_keep_mask_drop_fraction(p):
 def test_dropout_kernel_drops_what_the_mask_says(p, backend):
     """With q = 0 every probability is 1/Nk, and V = identity makes out[i, j] = keep[i, j] / (Nk (1 - p)):
     the kernel's applied mask, read back without the reference, has drop fraction p and equals
-    attention_dropout_keep for its seed."""
+    dropout_keep_ref for its seed."""
     B, H, Nq, Nk = 1, 4, 512, 256  # Dv = Nk = 256, the largest head dim
     q, k = torch.zeros(B, H, Nq, 8), torch.randn(B, H, Nk, 8)
     v = torch.eye(Nk).expand(B, H, Nk, Nk)
@@ -433,7 +454,7 @@ def test_dropout_kernel_drops_what_the_mask_says(p, backend):
     kept = kept.round().bool()
     assert abs(1 - kept.double().mean().item() - p) < 0.01
     torch.manual_seed(5)
-    assert torch.equal(kept, zenattn._C.attention_dropout_keep(int(_draw_seed()), B, H, Nq, Nk, p).to(kept.device))
+    assert torch.equal(kept, dropout_keep_ref(int(_draw_seed()), B, H, Nq, Nk, p, kept.device))
 
 
 def test_dropout_independent_of_thread_count():

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 import zenattn
 from zenattn.functional.attention import _draw_seed
-from zenattn.reference import attention_ref
+from zenattn.reference import attention_ref, dropout_keep_ref
 
 from parity import FWD_FACTOR, GRAD_FACTOR, assert_within_rule
 
@@ -75,7 +75,7 @@ def dropout_keep(opts, q, k):
     torch.manual_seed(DROPOUT_SEED)
     seed = int(_draw_seed())
     B, Hq, Nq, Nk = q.shape[0], q.shape[1], q.shape[2], k.shape[2]
-    return zenattn._C.attention_dropout_keep(seed, B, Hq, Nq, Nk, opts["dropout_p"]).to(q.device)
+    return dropout_keep_ref(seed, B, Hq, Nq, Nk, opts["dropout_p"], q.device)
 
 
 def run_attention(impl, q, k, v, dout, opts, keep, backend="cpu"):

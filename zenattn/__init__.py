@@ -5,6 +5,7 @@
     o = zenattn.scaled_dot_product_attention(q, k, v, is_causal=True)   # drop-in for torch's
     o = zenattn.attention(q, k, v, causal=True, window=(256, 0))        # masks as parameters
     ln = zenattn.nn.LayerNorm(hidden)          # drop-in for torch.nn.LayerNorm
+    print(zenattn.patch(model))                # swap a model's norms and attention in place
     print(zenattn.info())                      # what is built and usable here
     print(zenattn.explain("layer_norm", x))    # which backend would run, and why
 
@@ -23,9 +24,10 @@ from zenattn import ops  # noqa: F401  (registers the zenattn:: torch.library op
 from zenattn.backends import BackendUnavailableError
 from zenattn.functional import attention, layer_norm, rms_norm, scaled_dot_product_attention
 from zenattn import nn  # noqa: E402
+from zenattn.patch import PatchReport, patch, unpatch  # noqa: E402
 
 __all__ = ["__version__", "attention", "scaled_dot_product_attention", "layer_norm", "rms_norm", "nn", "info", "explain", "reference",
-           "backends", "BackendUnavailableError"]
+           "backends", "BackendUnavailableError", "patch", "unpatch", "PatchReport"]
 
 
 def info() -> dict:

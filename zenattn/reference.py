@@ -76,6 +76,92 @@ def rms_norm_ref(
     return y if residual is None else (y, s)
 
 
+_MASK32 = 0xFFFFFFFF
+
+
+def _mul_hi_lo(m: int, c: Tensor) -> tuple[Tensor, Tensor]:
+    """High and low 32 bits of ``m * c`` (m, c < 2^32) with int64 arithmetic that never overflows."""
+    a = m * (c & 0xFFFF)                  # < 2^48
+    b = m * (c >> 16)                     # < 2^48
+    t = a + ((b & 0xFFFF) << 16)          # < 2^49
+    return (b >> 16) + (t >> 32), t & _MASK32
+
+
+def dropout_keep_ref(seed: int, batch: int, heads: int, q_len: int, k_len: int, p: float,
+                     device: Optional[torch.device] = None) -> Tensor:
+    """The attention dropout mask every zenattn backend draws for ``seed``: bool ``(batch, heads,
+    q_len, k_len)``, True where a probability is kept.
+
+    Philox4x32-10 (Salmon et al., SC 2011) keyed by the 64-bit seed, at counter
+    ``(j // 4, i, b * heads + h, 0)``; word ``j % 4`` keeps its score when its top 24 bits are
+    ``>= ceil(p * 2^24)``. Written here in plain int64 torch ops, independently of the C++
+    (``csrc/common/philox.h``) and Triton versions, which the tests compare with it.
+    """
+    threshold = math.ceil(p * 2**24)
+    t = torch.arange((k_len + 3) // 4, dtype=torch.int64, device=device)
+    i = torch.arange(q_len, dtype=torch.int64, device=device)
+    bh = torch.arange(batch * heads, dtype=torch.int64, device=device)
+    shape = (batch * heads, q_len, (k_len + 3) // 4)
+    c0 = t.expand(shape)
+    c1 = i[:, None].expand(shape)
+    c2 = bh[:, None, None].expand(shape)
+    c3 = torch.zeros(shape, dtype=torch.int64, device=device)  # high bits of the indices: 0 below 2^32
+    k0, k1 = seed & _MASK32, (seed >> 32) & _MASK32
+    for _ in range(10):
+        hi0, lo0 = _mul_hi_lo(0xD2511F53, c0)
+        hi1, lo1 = _mul_hi_lo(0xCD9E8D57, c2)
+        c0, c1, c2, c3 = hi1 ^ c1 ^ k0, lo1, hi0 ^ c3 ^ k1, lo0
+        k0, k1 = (k0 + 0x9E3779B9) & _MASK32, (k1 + 0xBB67AE85) & _MASK32
+    words = torch.stack([c0, c1, c2, c3], dim=-1).reshape(batch, heads, q_len, -1)[..., :k_len]
+    return (words >> 8) >= threshold
+
+
+def attention_scores(
+    q: Tensor,
+    k: Tensor,
+    *,
+    attn_mask: Optional[Tensor] = None,
+    scale: Optional[float] = None,
+    causal: bool = False,
+    alignment: str = "top_left",
+    window: Optional[tuple[Optional[int], Optional[int]]] = None,
+    softcap: Optional[float] = None,
+    alibi_slopes: Optional[Tensor] = None,
+) -> Tensor:
+    """The scores ``(B, Hq, Nq, Nk)`` with every feature of :func:`attention_ref` applied, in q's dtype,
+    ``-inf`` where query i may not attend key j: the softmax of each row is the attention."""
+    hq, hkv = q.shape[-3], k.shape[-3]
+    if hq != hkv:
+        k = k.repeat_interleave(hq // hkv, dim=-3)
+    nq, nk = q.shape[-2], k.shape[-2]
+    if scale is None:
+        scale = 1.0 / math.sqrt(q.shape[-1])
+    s = torch.matmul(q, k.transpose(-2, -1)) * scale                       # (B, H, Nq, Nk)
+    if softcap:
+        s = softcap * torch.tanh(s / softcap)
+    offset = nk - nq if alignment == "bottom_right" else 0
+    rel = (torch.arange(nq, device=q.device)[:, None] + offset
+           - torch.arange(nk, device=q.device)[None, :])                   # (Nq, Nk): i + offset - j
+    if alibi_slopes is not None:
+        slopes = alibi_slopes.to(s.dtype)
+        slopes = slopes[:, :, None, None] if slopes.dim() == 2 else slopes[:, None, None]
+        s = s - slopes * rel.abs().to(s.dtype)
+    allowed = torch.ones(nq, nk, dtype=torch.bool, device=q.device)
+    left, right = window if window is not None else (None, None)
+    if causal:  # no key after the diagonal (a right side of None or -1 means unbounded)
+        right = 0 if right is None or right < 0 else min(right, 0)
+    if left is not None and left >= 0:
+        allowed &= rel <= left
+    if right is not None and right >= 0:
+        allowed &= rel >= -right
+    if attn_mask is not None:
+        if attn_mask.dtype == torch.bool:
+            allowed = allowed & attn_mask
+        else:
+            s = s + attn_mask.to(s.dtype)
+    return s.masked_fill(~allowed, float("-inf"))
+
+
 def attention_ref(
     q: Tensor,
     k: Tensor,
@@ -107,35 +193,9 @@ def attention_ref(
         q, k, v = q.float(), k.float(), v.float()
     hq, hkv = q.shape[-3], k.shape[-3]
     if hq != hkv:
-        k = k.repeat_interleave(hq // hkv, dim=-3)
         v = v.repeat_interleave(hq // hkv, dim=-3)
-    nq, nk = q.shape[-2], k.shape[-2]
-    if scale is None:
-        scale = 1.0 / math.sqrt(q.shape[-1])
-    s = torch.matmul(q, k.transpose(-2, -1)) * scale                       # (B, H, Nq, Nk)
-    if softcap:
-        s = softcap * torch.tanh(s / softcap)
-    offset = nk - nq if alignment == "bottom_right" else 0
-    rel = (torch.arange(nq, device=q.device)[:, None] + offset
-           - torch.arange(nk, device=q.device)[None, :])                   # (Nq, Nk): i + offset - j
-    if alibi_slopes is not None:
-        slopes = alibi_slopes.to(s.dtype)
-        slopes = slopes[:, :, None, None] if slopes.dim() == 2 else slopes[:, None, None]
-        s = s - slopes * rel.abs().to(s.dtype)
-    allowed = torch.ones(nq, nk, dtype=torch.bool, device=q.device)
-    left, right = window if window is not None else (None, None)
-    if causal:  # no key after the diagonal (a right side of None or -1 means unbounded)
-        right = 0 if right is None or right < 0 else min(right, 0)
-    if left is not None and left >= 0:
-        allowed &= rel <= left
-    if right is not None and right >= 0:
-        allowed &= rel >= -right
-    if attn_mask is not None:
-        if attn_mask.dtype == torch.bool:
-            allowed = allowed & attn_mask
-        else:
-            s = s + attn_mask.to(s.dtype)
-    s = s.masked_fill(~allowed, float("-inf"))
+    s = attention_scores(q, k, attn_mask=attn_mask, scale=scale, causal=causal, alignment=alignment,
+                         window=window, softcap=softcap, alibi_slopes=alibi_slopes)
     # Rows with no attendable key (every score -inf, from any of the masks) give p = 0 and lse = -inf;
     # they are taken out of logsumexp, whose backward would be exp(-inf - -inf) = NaN there.
     any_key = (s > float("-inf")).any(dim=-1, keepdim=True)                # (B, H, Nq, 1)

@@ -2,7 +2,7 @@
 keyword-only extras (``residual=``, ``backend=``), and ``attention`` with masks as parameters.
 """
 
-from zenattn.functional.attention import attention, scaled_dot_product_attention
+from zenattn.functional.attention import attention, attention_probs, scaled_dot_product_attention
 from zenattn.functional.norm import layer_norm, rms_norm
 
-__all__ = ["attention", "scaled_dot_product_attention", "layer_norm", "rms_norm"]
+__all__ = ["attention", "attention_probs", "scaled_dot_product_attention", "layer_norm", "rms_norm"]

@@ -183,8 +183,9 @@ def attention(
 
 
 def _attention(fn: str, q, k, v, *, attn_mask, causal, alignment, window, softcap, alibi_slopes, dropout_p,
-               scale, return_lse, deterministic, backend):
-    """zenattn.attention, with errors naming ``fn`` (the public function the caller used)."""
+               scale, return_lse, deterministic, backend, seed: Optional[Tensor] = None):
+    """zenattn.attention, with errors naming ``fn`` (the public function the caller used). ``seed``
+    (an int64 scalar tensor) fixes the dropout mask; by default one is drawn (:func:`_draw_seed`)."""
     q, k, v = _autocast(q, k, v)
     _check_qkv(fn, q, k, v)
     if attn_mask is not None:
@@ -209,13 +210,16 @@ def _attention(fn: str, q, k, v, *, attn_mask, causal, alignment, window, softca
         scale = 1.0 / math.sqrt(q.shape[-1]) if q.shape[-1] > 0 else 1.0
 
     choice = backends.select("attention", q, k, v, attn_mask, backend=backend)
-    if choice.backend == "torch":
+    if dropout_p > 0 and seed is None:
+        seed = _draw_seed()
+    if choice.backend == "torch":  # the same dropout mask as the kernels draw for this seed
+        keep = (reference.dropout_keep_ref(int(seed), q.shape[0], q.shape[1], q.shape[2], k.shape[2], dropout_p,
+                                           q.device) if dropout_p > 0 else None)
         return reference.attention_ref(
             q, k, v, attn_mask=attn_mask, scale=scale, causal=causal, alignment=alignment,
             window=(left, right), softcap=softcap, alibi_slopes=alibi_slopes, dropout_p=dropout_p,
-            upcast=True, return_lse=return_lse)
+            dropout_keep=keep, upcast=True, return_lse=return_lse)
 
-    seed = _draw_seed() if dropout_p > 0 else None
     out, lse = attention_ops.attention_fwd(
         q, k, v, attn_mask, alibi_slopes, seed, float(scale), float(softcap or 0.0), left, right,
         alignment == "bottom_right", float(dropout_p), bool(deterministic), choice.backend)
@@ -313,3 +317,79 @@ def scaled_dot_product_attention(
                      softcap=None, alibi_slopes=None, dropout_p=dropout_p, scale=scale, return_lse=False,
                      deterministic=False, backend=backend)
     return out.reshape(*lead_out, query.shape[-2], value.shape[-1])
+
+
+def attention_probs(
+    q: Tensor,
+    k: Tensor,
+    lse: Tensor,
+    *,
+    attn_mask: Optional[Tensor] = None,
+    causal: bool = False,
+    alignment: str = "top_left",
+    window: Window = None,
+    softcap: Optional[float] = None,
+    alibi_slopes: Optional[Tensor] = None,
+    scale: Optional[float] = None,
+    dropout_p: float = 0.0,
+    seed: Optional[Tensor] = None,
+    average_heads: bool = False,
+    queries: Optional[list[int]] = None,
+) -> Tensor:
+    """The exact attention probabilities of a :func:`attention` call, from its log-sum-exp.
+
+    Takes the same q, k and options as the call, and the ``lse`` it returned (``return_lse=True``):
+    ``p = exp(s - lse)`` with the scores ``s`` built as the kernels build them, 0 where a query may
+    not attend. With ``dropout_p`` and the call's ``seed``, the dropped entries are 0 and the rest
+    scaled by ``1/(1-p)``: the matrix the output was actually computed with. Returns
+    ``(B, Hq, Nq, Nk)``, or ``(B, Nq, Nk)`` averaged over heads with ``average_heads``, in q's
+    dtype, differentiable (through q, k and lse). ``queries`` keeps only those query rows (negative
+    counts from the end) in the result. Works one head at a time, so the only memory beyond the
+    result is one head's ``(B, Nq, Nk)`` scores.
+    """
+    B, H, Nq, _ = q.shape
+    Hk, Nk = k.shape[1], k.shape[2]
+    group = H // Hk if Hk else 1
+    if scale is None:
+        scale = 1.0 / math.sqrt(q.shape[-1]) if q.shape[-1] > 0 else 1.0
+    compute = torch.float64 if q.dtype == torch.float64 else torch.float32
+    lse_safe = torch.where(torch.isinf(lse), 0, lse).to(compute)       # rows that attend nothing: p = 0
+    keep = (reference.dropout_keep_ref(int(seed), B, H, Nq, Nk, dropout_p, q.device)
+            if dropout_p > 0 else None)
+    rows = None
+    if queries is not None:
+        rows = torch.tensor([i % Nq for i in queries] if Nq else [], dtype=torch.long, device=q.device)
+
+    def head(t: Optional[Tensor], h: int) -> Optional[Tensor]:
+        """Head h of a per-head tensor that broadcasts over (B, H, ...) (mask: dim -3; slopes: last)."""
+        if t is None:
+            return None
+        if t is alibi_slopes:
+            return t[..., h:h + 1]
+        if t.dim() >= 3 and t.shape[-3] == H:
+            return t[..., h:h + 1, :, :]
+        return t
+
+    probs = []
+    total = None
+    for h in range(H):
+        s = reference.attention_scores(
+            q[:, h:h + 1].to(compute), k[:, h // group:h // group + 1].to(compute), attn_mask=head(attn_mask, h),
+            scale=scale, causal=causal, alignment=alignment, window=window, softcap=softcap,
+            alibi_slopes=head(alibi_slopes, h))                            # (B, 1, Nq, Nk)
+        p = torch.exp(s - lse_safe[:, h:h + 1, :, None])
+        if keep is not None:
+            p = p * keep[:, h:h + 1] / (1.0 - dropout_p)
+        if rows is not None:
+            p = p[:, :, rows]
+        if average_heads:
+            total = p if total is None else total + p
+        else:
+            probs.append(p)
+    if average_heads:
+        if total is None:
+            return q.new_zeros(B, Nq if rows is None else len(rows), Nk)
+        return (total / H).squeeze(1).to(q.dtype)
+    if not probs:
+        return q.new_zeros(B, 0, Nq if rows is None else len(rows), Nk)
+    return torch.cat(probs, dim=1).to(q.dtype)
