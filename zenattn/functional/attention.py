@@ -344,8 +344,8 @@ def attention_probs(
     scaled by ``1/(1-p)``: the matrix the output was actually computed with. Returns
     ``(B, Hq, Nq, Nk)``, or ``(B, Nq, Nk)`` averaged over heads with ``average_heads``, in q's
     dtype, differentiable (through q, k and lse). ``queries`` keeps only those query rows (negative
-    counts from the end) in the result. Works one head at a time, so the only memory beyond the
-    result is one head's ``(B, Nq, Nk)`` scores.
+    counts from the end) in the result. Works one head at a time: without autograd, the memory
+    beyond the result is one head's ``(B, Nq, Nk)`` scores (not O(N): a shortcut, see the README).
     """
     B, H, Nq, _ = q.shape
     Hk, Nk = k.shape[1], k.shape[2]
@@ -370,8 +370,13 @@ def attention_probs(
             return t[..., h:h + 1, :, :]
         return t
 
-    probs = []
-    total = None
+    n_rows = Nq if rows is None else len(rows)
+    # Without autograd the heads are written into the result in place; with it, each head's term
+    # is kept (autograd saves them anyway) and joined at the end.
+    in_place = not (torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or lse.requires_grad))
+    total = q.new_zeros(B, n_rows, Nk, dtype=compute) if average_heads else None
+    result = q.new_empty(B, H, n_rows, Nk) if in_place and not average_heads else None
+    heads = []
     for h in range(H):
         s = reference.attention_scores(
             q[:, h:h + 1].to(compute), k[:, h // group:h // group + 1].to(compute), attn_mask=head(attn_mask, h),
@@ -383,13 +388,11 @@ def attention_probs(
         if rows is not None:
             p = p[:, :, rows]
         if average_heads:
-            total = p if total is None else total + p
+            total = total.add_(p.squeeze(1)) if in_place else total + p.squeeze(1)
+        elif in_place:
+            result[:, h:h + 1] = p
         else:
-            probs.append(p)
+            heads.append(p.to(q.dtype))
     if average_heads:
-        if total is None:
-            return q.new_zeros(B, Nq if rows is None else len(rows), Nk)
-        return (total / H).squeeze(1).to(q.dtype)
-    if not probs:
-        return q.new_zeros(B, 0, Nq if rows is None else len(rows), Nk)
-    return torch.cat(probs, dim=1).to(q.dtype)
+        return (total / max(H, 1)).to(q.dtype)
+    return result if in_place else (torch.cat(heads, dim=1) if heads else q.new_zeros(B, 0, n_rows, Nk))
