@@ -326,6 +326,17 @@ def test_patch_reports_subclasses_it_leaves_alone():
     assert type(model[1]) is MyNorm
 
 
+def test_patch_names_the_fallback_for_head_dims_over_the_limit():
+    """Head dim 300 is over the kernels' 256: the module still works (on the torch backend, same
+    results) and the report says so."""
+    mha = torch.nn.MultiheadAttention(600, 2, batch_first=True)
+    x = torch.randn(1, 5, 600)
+    before = mha(x, x, x)[0]
+    report = zenattn.patch(mha)
+    assert any("head_dim 300 is over the kernels' limit 256" in note for note in report.notes), report.notes
+    torch.testing.assert_close(mha(x, x, x)[0], before, rtol=1e-5, atol=1e-5)
+
+
 # ---- torch.compile ---------------------------------------------------------------------------------
 
 def test_torch_compile_fullgraph_on_a_model_of_these_modules():

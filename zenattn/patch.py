@@ -15,6 +15,7 @@ from typing import Optional
 import torch
 
 from zenattn import nn as zen_nn
+from zenattn.functional.attention import MAX_HEAD_DIM
 
 TWINS = {
     torch.nn.LayerNorm: zen_nn.LayerNorm,
@@ -71,6 +72,9 @@ def patch(model: torch.nn.Module, *, backend: Optional[str] = None) -> PatchRepo
         module.backend = backend
         if twin is zen_nn.MultiheadAttention:
             module._zenattn_hook = module.register_forward_pre_hook(_keep_out_of_fast_path)
+            if module.head_dim > MAX_HEAD_DIM:
+                report.notes.append(f"{name or '(root)'}: head_dim {module.head_dim} is over the kernels' limit "
+                                    f"{MAX_HEAD_DIM}; it runs on the torch reference backend (N x N memory)")
         report.swapped.append((name, f"torch.nn.{cls.__name__}", f"zenattn.nn.{twin.__name__}"))
     if any(new == "zenattn.nn.MultiheadAttention" for _, _, new in report.swapped):
         report.notes.append("each swapped MultiheadAttention carries a no-op forward pre-hook, so "
