@@ -19,6 +19,6 @@ fi
 # Build tools (the build runs without isolation, against the torch above), then zenattn itself
 # with its test and benchmark extras and Triton.
 pip_q "setuptools>=64" wheel "pybind11>=2.12" "cmake>=3.21" ninja
-pip_q --no-build-isolation -e ".[test,bench,triton]"
+pip_q --no-build-isolation -e ".[test,bench,triton,train]"
 python -m zenattn > /dev/null  # fails loudly if the package does not import
 echo "zenattn ready in .venv ($(python -c 'import zenattn, torch; print("zenattn", zenattn.__version__, "torch", torch.__version__, "kernels", zenattn.info()["extension"].get("cpu_isa"))'))"

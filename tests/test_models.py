@@ -1,0 +1,154 @@
+"""The reference Transformer and its trainer: zenattn modules vs torch modules on the same weights,
+KV-cache generation, exact checkpoint resume, the CLI's outputs and its errors."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+import torch
+
+from zenattn import train as trainer
+from zenattn.models import Transformer, TransformerConfig
+
+VARIANT_CASES = [
+    ("decoder rotary layernorm GQA", dict(variant="decoder", positions="rotary", norm="layernorm", n_kv_heads=2)),
+    ("decoder learned rmsnorm", dict(variant="decoder", positions="learned", norm="rmsnorm")),
+    ("encoder with padding", dict(variant="encoder", positions="learned", norm="layernorm")),
+    ("encoder-decoder", dict(variant="encoder-decoder", positions="rotary", norm="rmsnorm")),
+]
+
+
+def _twins(options):
+    """(zenattn model, torch model) with the same weights."""
+    torch.manual_seed(0)
+    cfg = TransformerConfig(dim=64, n_heads=4, n_layers=2, **options)
+    zen = Transformer(cfg)
+    ref = Transformer(dataclasses.replace(cfg, attn="torch", norm_impl="torch"))
+    ref.load_state_dict(zen.state_dict())
+    return zen, ref
+
+
+def _batch(variant):
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randint(0, 256, (3, 21), generator=g), torch.randint(0, 256, (3, 21), generator=g)
+    kwargs = {}
+    if variant == "encoder":
+        pad = torch.zeros(3, 21, dtype=torch.bool)
+        pad[1, -5:] = True
+        kwargs["padding_mask"] = pad
+        y = y.masked_fill(pad, -100)
+    if variant == "encoder-decoder":
+        pad = torch.zeros(3, 13, dtype=torch.bool)
+        pad[2, -4:] = True
+        kwargs = dict(source=torch.randint(0, 256, (3, 13), generator=g), source_padding_mask=pad)
+    return x, y, kwargs
+
+
+@pytest.mark.parametrize("case", VARIANT_CASES, ids=[c[0] for c in VARIANT_CASES])
+def test_zenattn_and_torch_modules_train_alike(case):
+    """Same loss and gradients on the first step, and the same losses over three AdamW steps."""
+    _, options = case
+    zen, ref = _twins(options)
+    x, y, kwargs = _batch(options["variant"])
+    losses = {}
+    for name, model in (("zen", zen), ("ref", ref)):
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        losses[name] = []
+        for step in range(3):
+            loss = model.loss(x, y, **kwargs)
+            opt.zero_grad()
+            loss.backward()
+            if step == 0:
+                losses[name + " grads"] = [p.grad.clone() for p in model.parameters()]
+            opt.step()
+            losses[name].append(loss.item())
+    torch.testing.assert_close(torch.tensor(losses["zen"]), torch.tensor(losses["ref"]), rtol=1e-5, atol=1e-5)
+    for a, b in zip(losses["zen grads"], losses["ref grads"]):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("variant", ["decoder", "encoder-decoder"])
+@pytest.mark.parametrize("attn", ["zenattn", "torch"])
+def test_generation_with_kv_cache_equals_without(variant, attn):
+    torch.manual_seed(0)
+    model = Transformer(TransformerConfig(variant=variant, dim=64, n_heads=4, n_kv_heads=2, attn=attn)).eval()
+    prompt = torch.randint(0, 256, (2, 5))
+    source = torch.randint(0, 256, (2, 9)) if variant == "encoder-decoder" else None
+    greedy = [model.generate(prompt, 12, use_cache=c, source=source) for c in (True, False)]
+    assert torch.equal(greedy[0], greedy[1]) and greedy[0].shape == (2, 17)
+    sampled = [model.generate(prompt, 12, temperature=0.9, top_k=20, use_cache=c, source=source,
+                              generator=torch.Generator().manual_seed(3)) for c in (True, False)]
+    assert torch.equal(sampled[0], sampled[1])
+
+
+@pytest.mark.parametrize("options, message", [
+    (dict(dim=100, n_heads=3), r"n_heads \(3\) must divide dim \(100\)"),
+    (dict(n_heads=4, n_kv_heads=3), r"n_kv_heads \(3\) must divide n_heads \(4\)"),
+    (dict(variant="seq2seq"), r"variant must be one of \('decoder', 'encoder', 'encoder-decoder'\)"),
+    (dict(dim=12, n_heads=4, positions="rotary"), r"rotary positions need an even head dim, got 3"),
+    (dict(norm="batchnorm"), r"norm must be 'layernorm' or 'rmsnorm'"),
+    (dict(attn="flash"), r"attn must be 'zenattn' or 'torch'"),
+    (dict(dropout=1.0), r"dropout must be in \[0, 1\)"),
+])
+def test_bad_config_values_raise_clear_errors(options, message):
+    with pytest.raises(ValueError, match=message):
+        TransformerConfig(**options)
+
+
+def test_learned_positions_past_max_len_raise():
+    model = Transformer(TransformerConfig(dim=32, n_heads=2, positions="learned", max_len=8))
+    with pytest.raises(ValueError, match="exceed max_len=8"):
+        model(torch.zeros(1, 9, dtype=torch.long))
+
+
+# ---- the trainer -------------------------------------------------------------------------------------
+
+def _run(tmp_path, name, *extra):
+    args = trainer.parse_args(["--preset", "test", "--out", str(tmp_path / name), "--quiet", *extra])
+    return trainer.train(args)
+
+
+def test_stdlib_corpus_splits_by_file():
+    train, held = trainer.stdlib_corpus(limit=1 << 20)
+    assert len(train) > 100_000 and len(held) > 1000
+    assert b"def " in train and b"import " in held
+    assert trainer.unigram_bits_per_byte(train, held) < 8.0   # bytes are far from uniform
+
+
+def test_resume_reproduces_the_loss_curve(tmp_path):
+    full = _run(tmp_path, "full", "--steps", "6", "--checkpoint-every", "3", "--no-plots")
+    history = torch.load(tmp_path / "full" / "checkpoint.pt", weights_only=False)["history"]["loss"]
+    resumed = _run(tmp_path, "resumed", "--steps", "6", "--no-plots", "--resume",
+                   str(tmp_path / "full" / "checkpoint-3.pt"))
+    resumed_history = torch.load(tmp_path / "resumed" / "checkpoint.pt", weights_only=False)["history"]["loss"]
+    assert len(history) == len(resumed_history) == 6
+    assert resumed_history == history                 # bit for bit: model, optimizer, data order, RNG
+    assert resumed["held_out_loss"] == full["held_out_loss"]
+
+
+def test_cli_writes_metrics_plots_and_samples(tmp_path):
+    metrics = _run(tmp_path, "run")
+    out = tmp_path / "run"
+    for name in ("metrics.json", "loss.png", "samples.txt", "checkpoint.pt", "attention-layer0.png"):
+        assert (out / name).is_file(), name
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved["held_out_bits_per_byte"] == pytest.approx(saved["held_out_loss"] / 0.6931471805599453)
+    assert 0 < saved["unigram_bits_per_byte"] < 8 and saved["steps"] == 4
+    assert metrics["parameters"] > 0 and "--- 'def '" in (out / "samples.txt").read_text()
+
+
+def test_cli_errors_name_the_problem(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        trainer.main(["--preset", "test", "--data", str(tmp_path / "missing.txt"), "--out", str(tmp_path / "x")])
+    assert exit_info.value.code == 2
+    assert "--data" in capsys.readouterr().err and "no such file" in str(exit_info.value.__cause__)
+    small = tmp_path / "small.txt"
+    small.write_text("tiny")
+    with pytest.raises(SystemExit):
+        trainer.main(["--preset", "test", "--data", str(small), "--out", str(tmp_path / "y")])
+    assert "too little text" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        trainer.main(["--preset", "test", "--dtype", "fp16", "--device", "cpu", "--out", str(tmp_path / "z")])
+    assert "supports bf16, not fp16" in capsys.readouterr().err
