@@ -8,7 +8,7 @@ the unigram baseline, and writes to ``--out``: ``metrics.json``, ``loss.png``, `
 ``attention-layer<i>.png`` (every head's exact attention map for a prompt, from
 ``zenattn.nn.record_attention``) and ``checkpoint.pt`` (``--resume`` continues it exactly).
 
-    python -m zenattn.train                           # tiny preset, about 2-3 minutes on 2 cores
+    python -m zenattn.train                           # tiny preset, about 2 minutes on 2 cores
     python -m zenattn.train --attn torch --norm torch # the same model on torch's modules
     python -m zenattn.train --steps 2000 --dtype bf16 --data my.txt --out run1
 """
@@ -31,7 +31,7 @@ from zenattn.models.transformer import Transformer, TransformerConfig, count_par
 
 PRESETS = {
     # ~0.4M parameters: trains on a 2-core CPU in a few minutes
-    "tiny": dict(model=dict(dim=128, n_layers=2, n_heads=4, max_len=256), steps=600, batch=16, seq_len=128,
+    "tiny": dict(model=dict(dim=128, n_layers=2, n_heads=4, max_len=256), steps=1500, batch=16, seq_len=128,
                  lr=3e-3),
     # for smoke tests: a handful of steps
     "test": dict(model=dict(dim=32, n_layers=1, n_heads=2, max_len=64), steps=4, batch=2, seq_len=32, lr=1e-3),
