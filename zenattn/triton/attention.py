@@ -124,6 +124,18 @@ def _query_range(n0, BLOCK_N: tl.constexpr, Nq, off, wl, wr, HAS_WL: tl.constexp
     return lo, hi
 
 
+@triton.jit
+def _query_block_program(Nq, H, G, BLOCK_M: tl.constexpr):
+    """(query block, b * H + h, b, h, kv head) of this program in a 1-D grid over query blocks x
+    heads (axis 0 has no 65535 limit). The last query blocks, the longest under a causal band,
+    start first."""
+    num_m = tl.cdiv(Nq, BLOCK_M)
+    pid = tl.program_id(0)
+    bh = pid // num_m
+    h = bh % H
+    return num_m - 1 - pid % num_m, bh, bh // H, h, h // G
+
+
 # ---- forward --------------------------------------------------------------------------------------
 
 @triton.jit
@@ -137,15 +149,7 @@ def _attn_fwd_kernel(
     ACC: tl.constexpr, PRECISION: tl.constexpr, ROUND_BF16: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
-    # One 1-D grid (axis 0 has no 65535 limit); the last query blocks, the longest under a causal
-    # band, start first.
-    num_m = tl.cdiv(Nq, BLOCK_M)
-    pid = tl.program_id(0)
-    pid_m = num_m - 1 - pid % num_m
-    bh = pid // num_m
-    b = bh // H
-    h = bh % H
-    hk = h // G
+    pid_m, bh, b, h, hk = _query_block_program(Nq, H, G, BLOCK_M)
     m0 = pid_m * BLOCK_M
     offs_m = m0 + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
@@ -302,13 +306,7 @@ def _attn_bwd_dq_kernel(
     BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     """dQ for one query block of one query head, over the reachable key blocks."""
-    num_m = tl.cdiv(Nq, BLOCK_M)
-    pid = tl.program_id(0)
-    pid_m = num_m - 1 - pid % num_m
-    bh = pid // num_m
-    b = bh // H
-    h = bh % H
-    hk = h // G
+    pid_m, bh, b, h, hk = _query_block_program(Nq, H, G, BLOCK_M)
     m0 = pid_m * BLOCK_M
     offs_m = m0 + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
