@@ -11,6 +11,10 @@ the unigram baseline, and writes to ``--out``: ``metrics.json``, ``loss.png``, `
     python -m zenattn.train                           # tiny preset, about 2 minutes on 2 cores
     python -m zenattn.train --attn torch --norm torch # the same model on torch's modules
     python -m zenattn.train --steps 2000 --dtype bf16 --data my.txt --out run1
+    torchrun --standalone --nproc_per_node 2 -m zenattn.train   # DDP (gloo on CPU, nccl on GPU)
+
+Under torchrun every rank draws the same global batch of ``--batch`` windows and trains on its own
+slice of it, so the run matches a single process on the same global batch; rank 0 writes the outputs.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import argparse
 import dataclasses
 import json
 import math
+import os
 import sys
 import sysconfig
 import time
@@ -168,10 +173,17 @@ def train(args: argparse.Namespace) -> dict:
     peak_lr = args.lr or preset["lr"]
     if steps <= 0 or batch <= 0 or seq_len <= 1:
         raise ValueError(f"--steps, --batch must be > 0 and --seq-len > 1; got {steps}, {batch}, {seq_len}")
+    rank, world = _init_distributed(args.device)
+    if batch % world:
+        raise ValueError(f"--batch {batch} must be a multiple of the number of processes ({world})")
     device = torch.device(args.device)
+    if device.type == "cuda" and world > 1:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
     amp = autocast_dtype(args.dtype, device)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+    quiet = args.quiet or rank != 0
 
     train_bytes, held_bytes = file_corpus(args.data) if args.data else stdlib_corpus()
     train_data = torch.frombuffer(bytearray(train_bytes), dtype=torch.uint8)
@@ -183,6 +195,9 @@ def train(args: argparse.Namespace) -> dict:
     cfg = TransformerConfig(variant=args.variant, attn=args.attn, norm_impl=args.norm, positions=args.positions,
                             norm=args.norm_type, **{**preset["model"], "max_len": max(preset["model"]["max_len"], seq_len)})
     model = Transformer(cfg).to(device)
+    net = model
+    if world > 1:
+        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
     optimizer = torch.optim.AdamW([dict(params=decay, weight_decay=0.1), dict(params=no_decay, weight_decay=0.0)],
@@ -202,30 +217,39 @@ def train(args: argparse.Namespace) -> dict:
         history, start = ckpt["history"], ckpt["step"]
     warmup = max(1, steps // 20)
     data_iter = batches(train_data, batch, seq_len, generator)
-    progress = _progress(range(start, steps), total=steps, initial=start, quiet=args.quiet)
+    progress = _progress(range(start, steps), total=steps, initial=start, quiet=quiet)
+    rows = slice(rank * (batch // world), (rank + 1) * (batch // world))   # this rank's share of the batch
     model.train()
     t0, tokens = time.perf_counter(), 0
     for step in progress:
         lr = lr_at(step, steps, peak_lr, warmup)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        x, y = next(data_iter)
-        x, y = x.to(device), y.to(device)
+        x, y = next(data_iter)                                                      # the global batch
+        x, y = x[rows].to(device), y[rows].to(device)
         with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-            loss = model.loss(x, y)
+            logits = net(x)                                                         # (B / world, L, V)
+            loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), y.reshape(-1))
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        loss.backward()                                                             # DDP averages over ranks
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
-        tokens += x.numel()
+        tokens += x.numel() * world
+        logged = loss.detach()
+        if world > 1:
+            torch.distributed.all_reduce(logged)
+            logged = logged / world
         history["step"].append(step)
-        history["loss"].append(loss.item())
+        history["loss"].append(logged.item())
         history["lr"].append(lr)
         if hasattr(progress, "set_postfix"):
             progress.set_postfix(loss=f"{loss.item():.3f}", tok_s=f"{tokens / (time.perf_counter() - t0):,.0f}")
-        if args.checkpoint_every and (step + 1) % args.checkpoint_every == 0:
+        if args.checkpoint_every and (step + 1) % args.checkpoint_every == 0 and rank == 0:
             save_checkpoint(out / f"checkpoint-{step + 1}.pt", model, optimizer, step + 1, generator, history, vars(args))
     elapsed = time.perf_counter() - t0
+    if rank != 0:
+        torch.distributed.destroy_process_group()
+        return {"history": history}
     save_checkpoint(out / "checkpoint.pt", model, optimizer, steps, generator, history, vars(args))
 
     held_loss = evaluate(model, held_data, seq_len, batch, args.eval_batches, device, amp)
@@ -241,12 +265,25 @@ def train(args: argparse.Namespace) -> dict:
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
     if not args.no_plots:
         _plots(out, history, model, device)
-    if not args.quiet:
+    if world > 1:
+        torch.distributed.destroy_process_group()
+    if not quiet:
         print(f"held-out: {metrics['held_out_bits_per_byte']:.3f} bits/byte (unigram baseline "
               f"{metrics['unigram_bits_per_byte']:.3f}), loss {held_loss:.3f}; "
               f"{metrics['tokens_per_second'] or 0:,.0f} tokens/s; outputs in {out}/")
         print(samples)
     return metrics
+
+
+def _init_distributed(device: str) -> tuple[int, int]:
+    """(rank, world size): under torchrun (WORLD_SIZE > 1) joins the process group, gloo on the
+    CPU and nccl on CUDA; (0, 1) otherwise."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1
+    backend = "nccl" if device.startswith("cuda") else "gloo"
+    torch.distributed.init_process_group(backend)
+    return torch.distributed.get_rank(), world
 
 
 def _progress(iterable, total: int, initial: int, quiet: bool):
