@@ -174,3 +174,30 @@ def test_torchrun_two_processes_match_one_on_the_same_global_batch(tmp_path):
     torch.testing.assert_close(torch.tensor(two), torch.tensor(one), rtol=1e-5, atol=1e-6)
     assert json.loads((tmp_path / "ddp" / "metrics.json").read_text())["held_out_loss"] == pytest.approx(
         single["held_out_loss"], rel=1e-4)
+
+
+# ---- the encoder-decoder's sequence-to-sequence task ------------------------------------------------
+
+def test_reverse_task_batches_and_scoring(monkeypatch):
+    task = trainer.ReverseTask(trainer.parse_args(["--preset", "test"]), batch=4)
+    pairs = task.pairs(4, torch.Generator().manual_seed(0))
+    assert all(tgt == src[::-1] and 3 <= len(src) <= 12 and src.isalpha() for src, tgt in pairs)
+    inputs, targets, kw = task.collate([(b"abc", b"cba"), (b"hello", b"olleh")])
+    assert inputs.tolist()[0][:4] == [trainer.BOS, ord("c"), ord("b"), ord("a")]
+    assert targets.tolist()[0] == [ord("c"), ord("b"), ord("a"), trainer.EOS, -100, -100]
+    assert kw["source_padding_mask"].tolist()[0] == [False] * 3 + [True] * 2
+    # scoring: a perfect decoder gets exact match 1 and BLEU 100; a wrong one gets less of both
+    monkeypatch.setattr(task, "decode", lambda model, pairs, device: [tgt for _, tgt in pairs])
+    perfect = task.evaluate(None, torch.device("cpu"), None)
+    assert perfect["exact_match"] == 1.0 and perfect["bleu"] == pytest.approx(100.0)
+    monkeypatch.setattr(task, "decode", lambda model, pairs, device: [src for src, _ in pairs])
+    wrong = task.evaluate(None, torch.device("cpu"), None)
+    assert wrong["exact_match"] < 0.1 and wrong["bleu"] < 60
+
+
+def test_cli_trains_the_encoder_decoder_on_the_reversal_task(tmp_path):
+    metrics = _run(tmp_path, "s2s", "--variant", "encoder-decoder")
+    assert metrics["config"]["variant"] == "encoder-decoder" and metrics["held_out_pairs"] == 500
+    assert 0.0 <= metrics["exact_match"] <= 1.0 and 0.0 <= metrics["bleu"] <= 100.0
+    assert (tmp_path / "s2s" / "attention-layer2.png").is_file()     # encoder self, decoder self and cross
+    assert "(want " in (tmp_path / "s2s" / "samples.txt").read_text()

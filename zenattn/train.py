@@ -7,6 +7,8 @@ instead (its last 5% held out). At the end it prints the held-out loss and bits 
 the unigram baseline, and writes to ``--out``: ``metrics.json``, ``loss.png``, ``samples.txt``,
 ``attention-layer<i>.png`` (every head's exact attention map for a prompt, from
 ``zenattn.nn.record_attention``) and ``checkpoint.pt`` (``--resume`` continues it exactly).
+``--variant encoder-decoder`` trains the encoder-decoder on a synthetic task instead (reversing
+strings, :class:`ReverseTask`), scored by exact match and BLEU.
 
     python -m zenattn.train                           # tiny preset, about 2 minutes on 2 cores
     python -m zenattn.train --attn torch --norm torch # the same model on torch's modules
@@ -31,6 +33,8 @@ from pathlib import Path
 from typing import Optional
 
 import torch
+
+from torch import Tensor
 
 from zenattn.models.transformer import Transformer, TransformerConfig, count_parameters, flops_per_token
 
@@ -147,8 +151,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--batch", type=int)
     p.add_argument("--seq-len", type=int)
     p.add_argument("--lr", type=float)
-    p.add_argument("--variant", choices=["decoder"], default="decoder",
-                   help="what this trainer trains (the seq2seq variant is not wired into it yet)")
+    p.add_argument("--variant", choices=["decoder", "encoder-decoder"], default="decoder",
+                   help="decoder: a byte-level language model; encoder-decoder: the string-reversal task")
     p.add_argument("--attn", choices=["zenattn", "torch"], default="zenattn")
     p.add_argument("--norm", choices=["zenattn", "torch"], default="zenattn")
     p.add_argument("--positions", choices=["rotary", "learned"], default="rotary")
@@ -165,10 +169,127 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+class LanguageModelTask:
+    """Next-byte prediction on a text corpus (the decoder-only variant)."""
+
+    variant = "decoder"
+
+    def __init__(self, args, batch: int, seq_len: int) -> None:
+        self.batch, self.seq_len, self.data_name = batch, seq_len, args.data or "python stdlib sources"
+        self.train_bytes, self.held_bytes = file_corpus(args.data) if args.data else stdlib_corpus()
+        self.train_data = torch.frombuffer(bytearray(self.train_bytes), dtype=torch.uint8)
+        self.held_data = torch.frombuffer(bytearray(self.held_bytes), dtype=torch.uint8)
+        if len(self.train_data) <= seq_len + 1 or len(self.held_data) <= seq_len + 1:
+            raise ValueError(f"the corpus is too short for --seq-len {seq_len}")
+        self.eval_batches = args.eval_batches
+
+    def batches(self, generator: torch.Generator):
+        """(inputs, targets, forward kwargs) of the global batch."""
+        for x, y in batches(self.train_data, self.batch, self.seq_len, generator):
+            yield x, y, {}
+
+    def evaluate(self, model, device, amp) -> dict:
+        loss = evaluate(model, self.held_data, self.seq_len, self.batch, self.eval_batches, device, amp)
+        return dict(held_out_loss=loss, held_out_bits_per_byte=loss / math.log(2),
+                    unigram_bits_per_byte=unigram_bits_per_byte(self.train_bytes, self.held_bytes),
+                    train_bytes=len(self.train_bytes), held_out_bytes=len(self.held_bytes), data=self.data_name)
+
+    def summary(self, m: dict) -> str:
+        return (f"held-out: {m['held_out_bits_per_byte']:.3f} bits/byte (unigram baseline "
+                f"{m['unigram_bits_per_byte']:.3f}), loss {m['held_out_loss']:.3f}")
+
+    def samples(self, model, device) -> str:
+        return _samples(model, device)
+
+    plot_prompt = "def main(argv):\n    return 0\n"
+
+
+PAD, BOS, EOS = 0, 2, 3   # control bytes that never occur in the task's strings
+
+
+class ReverseTask:
+    """The encoder-decoder variant's synthetic sequence-to-sequence task, generated on the fly:
+    a random lower-case string of 3-12 letters in, the same string reversed out. Evaluated on 500
+    held-out pairs (a separate generator) by greedy decoding: exact-match accuracy and BLEU
+    (sacrebleu, over characters)."""
+
+    variant = "encoder-decoder"
+    min_len, max_len, held_out = 3, 12, 500
+
+    def __init__(self, args, batch: int) -> None:
+        self.batch, self.seed = batch, args.seed
+
+    def pairs(self, n: int, generator: torch.Generator) -> list[tuple[bytes, bytes]]:
+        lengths = torch.randint(self.min_len, self.max_len + 1, (n,), generator=generator).tolist()
+        letters = torch.randint(ord("a"), ord("z") + 1, (n, self.max_len), generator=generator)
+        return [(bytes(letters[i, :n_i].tolist()), bytes(letters[i, :n_i].flip(0).tolist()))
+                for i, n_i in enumerate(lengths)]
+
+    @staticmethod
+    def collate(pairs) -> tuple[Tensor, Tensor, dict]:
+        """Decoder input ``BOS t``, target ``t EOS`` (-100 past it), source padded with PAD."""
+        B, S, T = len(pairs), max(len(src) for src, _ in pairs), max(len(tgt) for _, tgt in pairs) + 1
+        source = torch.full((B, S), PAD, dtype=torch.long)
+        source_pad = torch.ones(B, S, dtype=torch.bool)                  # True: padding
+        inputs = torch.full((B, T), PAD, dtype=torch.long)
+        targets = torch.full((B, T), -100, dtype=torch.long)
+        inputs[:, 0] = BOS
+        for i, (src, tgt) in enumerate(pairs):
+            source[i, :len(src)] = torch.tensor(list(src))
+            source_pad[i, :len(src)] = False
+            inputs[i, 1:len(tgt) + 1] = torch.tensor(list(tgt))
+            targets[i, :len(tgt)] = torch.tensor(list(tgt))
+            targets[i, len(tgt)] = EOS
+        return inputs, targets, dict(source=source, source_padding_mask=source_pad)
+
+    def batches(self, generator: torch.Generator):
+        while True:
+            yield self.collate(self.pairs(self.batch, generator))
+
+    @torch.no_grad()
+    def decode(self, model, pairs, device) -> list[bytes]:
+        """Greedy decoding (KV cache), cut at the first EOS."""
+        _, _, kw = self.collate(pairs)
+        prompt = torch.full((len(pairs), 1), BOS, dtype=torch.long, device=device)
+        out = model.generate(prompt, self.max_len + 1, source=kw["source"].to(device),
+                             source_padding_mask=kw["source_padding_mask"].to(device))[:, 1:].tolist()
+        return [bytes(row[:row.index(EOS)] if EOS in row else row) for row in out]
+
+    def evaluate(self, model, device, amp) -> dict:
+        import sacrebleu  # noqa: PLC0415  (the [train] extra)
+
+        pairs = self.pairs(self.held_out, torch.Generator().manual_seed(self.seed + 10_000))
+        model.eval()
+        hyps = self.decode(model, pairs, device)
+        model.train()
+        refs = [tgt for _, tgt in pairs]
+        spaced = lambda b: " ".join(b.decode("latin-1"))  # noqa: E731  (BLEU over characters)
+        bleu = sacrebleu.corpus_bleu([spaced(h) for h in hyps], [[spaced(r) for r in refs]]).score
+        return dict(task="reverse strings of 3-12 letters", held_out_pairs=len(pairs),
+                    exact_match=sum(h == r for h, r in zip(hyps, refs)) / len(pairs), bleu=bleu)
+
+    def summary(self, m: dict) -> str:
+        return f"held-out reversal: exact match {m['exact_match']:.1%}, BLEU {m['bleu']:.1f}"
+
+    def samples(self, model, device) -> str:
+        pairs = self.pairs(8, torch.Generator().manual_seed(self.seed + 20_000))
+        model.eval()
+        hyps = self.decode(model, pairs, device)
+        model.train()
+        return "\n".join(f"{src.decode()} -> {hyp.decode('latin-1')}  (want {tgt.decode()})"
+                         for (src, tgt), hyp in zip(pairs, hyps)) + "\n"
+
+    @property
+    def plot_prompt(self):
+        inputs, _, kw = self.collate([(b"attention", b"noitnetta")])
+        return kw["source"], inputs
+
+
 def train(args: argparse.Namespace) -> dict:
     preset = PRESETS[args.preset]
     steps = args.steps if args.steps is not None else preset["steps"]
-    batch = args.batch or preset["batch"]
+    seq2seq = args.variant == "encoder-decoder"
+    batch = args.batch or (4 * preset["batch"] if seq2seq else preset["batch"])
     seq_len = args.seq_len or preset["seq_len"]
     peak_lr = args.lr or preset["lr"]
     if steps <= 0 or batch <= 0 or seq_len <= 1:
@@ -184,15 +305,10 @@ def train(args: argparse.Namespace) -> dict:
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
     quiet = args.quiet or rank != 0
-
-    train_bytes, held_bytes = file_corpus(args.data) if args.data else stdlib_corpus()
-    train_data = torch.frombuffer(bytearray(train_bytes), dtype=torch.uint8)
-    held_data = torch.frombuffer(bytearray(held_bytes), dtype=torch.uint8)
-    if len(train_data) <= seq_len + 1 or len(held_data) <= seq_len + 1:
-        raise ValueError(f"the corpus is too short for --seq-len {seq_len}")
+    task = ReverseTask(args, batch) if seq2seq else LanguageModelTask(args, batch, seq_len)
 
     torch.manual_seed(args.seed)
-    cfg = TransformerConfig(variant=args.variant, attn=args.attn, norm_impl=args.norm, positions=args.positions,
+    cfg = TransformerConfig(variant=task.variant, attn=args.attn, norm_impl=args.norm, positions=args.positions,
                             norm=args.norm_type, **{**preset["model"], "max_len": max(preset["model"]["max_len"], seq_len)})
     model = Transformer(cfg).to(device)
     net = model
@@ -216,7 +332,7 @@ def train(args: argparse.Namespace) -> dict:
         torch.set_rng_state(ckpt["torch_rng"])
         history, start = ckpt["history"], ckpt["step"]
     warmup = max(1, steps // 20)
-    data_iter = batches(train_data, batch, seq_len, generator)
+    data_iter = task.batches(generator)
     progress = _progress(range(start, steps), total=steps, initial=start, quiet=quiet)
     rows = slice(rank * (batch // world), (rank + 1) * (batch // world))   # this rank's share of the batch
     model.train()
@@ -225,11 +341,13 @@ def train(args: argparse.Namespace) -> dict:
         lr = lr_at(step, steps, peak_lr, warmup)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        x, y = next(data_iter)                                                      # the global batch
+        x, y, kwargs = next(data_iter)                                              # the global batch
         x, y = x[rows].to(device), y[rows].to(device)
+        kwargs = {k: v[rows].to(device) for k, v in kwargs.items()}
         with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-            logits = net(x)                                                         # (B / world, L, V)
-            loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), y.reshape(-1))
+            logits = net(x, **kwargs)                                               # (B / world, L, V)
+            loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), y.reshape(-1),
+                                                     ignore_index=-100)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()                                                             # DDP averages over ranks
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -252,25 +370,20 @@ def train(args: argparse.Namespace) -> dict:
         return {"history": history}
     save_checkpoint(out / "checkpoint.pt", model, optimizer, steps, generator, history, vars(args))
 
-    held_loss = evaluate(model, held_data, seq_len, batch, args.eval_batches, device, amp)
     metrics = dict(
         steps=steps, batch=batch, seq_len=seq_len, parameters=count_parameters(model), config=dataclasses.asdict(cfg),
         train_seconds=elapsed, tokens_per_second=tokens / elapsed if elapsed > 0 else None,
-        model_flops_per_second=flops_per_token(cfg, seq_len) * tokens / elapsed if elapsed > 0 else None,
-        final_train_loss=history["loss"][-1] if history["loss"] else None, held_out_loss=held_loss,
-        held_out_bits_per_byte=held_loss / math.log(2), unigram_bits_per_byte=unigram_bits_per_byte(train_bytes, held_bytes),
-        train_bytes=len(train_bytes), held_out_bytes=len(held_bytes), data=args.data or "python stdlib sources")
-    samples = _samples(model, device)
+        model_flops_per_second=flops_per_token(cfg, seq_len) * tokens / elapsed if elapsed > 0 and not seq2seq else None,
+        final_train_loss=history["loss"][-1] if history["loss"] else None, **task.evaluate(model, device, amp))
+    samples = task.samples(model, device)
     (out / "samples.txt").write_text(samples)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
     if not args.no_plots:
-        _plots(out, history, model, device)
+        _plots(out, history, model, device, task.plot_prompt)
     if world > 1:
         torch.distributed.destroy_process_group()
     if not quiet:
-        print(f"held-out: {metrics['held_out_bits_per_byte']:.3f} bits/byte (unigram baseline "
-              f"{metrics['unigram_bits_per_byte']:.3f}), loss {held_loss:.3f}; "
-              f"{metrics['tokens_per_second'] or 0:,.0f} tokens/s; outputs in {out}/")
+        print(f"{task.summary(metrics)}; {metrics['tokens_per_second'] or 0:,.0f} tokens/s; outputs in {out}/")
         print(samples)
     return metrics
 
@@ -311,7 +424,7 @@ def _samples(model: Transformer, device: torch.device) -> str:
     return "\n".join(texts) + "\n"
 
 
-def _plots(out: Path, history: dict, model: Transformer, device: torch.device) -> None:
+def _plots(out: Path, history: dict, model: Transformer, device: torch.device, prompt) -> None:
     """loss.png, and attention-layer<i>.png: every head's map for a prompt (zenattn attention only)."""
     import matplotlib  # noqa: PLC0415
 
@@ -328,22 +441,27 @@ def _plots(out: Path, history: dict, model: Transformer, device: torch.device) -
     plt.close(fig)
     if model.cfg.attn != "zenattn":
         return
-    prompt = "def main(argv):\n    return 0\n"
-    ids = torch.tensor([list(prompt.encode())], device=device)
+    if isinstance(prompt, str):  # the language model: the prompt attends to itself
+        tokens, kwargs = torch.tensor([list(prompt.encode())], device=device), {}
+    else:                        # seq2seq: (source, decoder input) tensors
+        (source, tokens), kwargs = prompt, {}
+        kwargs["source"] = source.to(device)
+        tokens = tokens.to(device)
     model.eval()
     with torch.no_grad(), zenattn.nn.record_attention(model) as rec:
-        model(ids)
+        model(tokens, **kwargs)
     model.train()
-    labels = [repr(chr(b))[1:-1] for b in prompt.encode()]
+    labels = [repr(chr(b))[1:-1] for b in tokens[0].tolist()]
     for layer, (name, maps) in enumerate(sorted(rec.maps.items())):
-        probs = maps[0][0]                                         # (H, L, L)
+        probs = maps[0][0]                                         # (H, L, S)
         heads = probs.shape[0]
+        keys = labels if probs.shape[-1] == len(labels) else [repr(chr(b))[1:-1] for b in kwargs["source"][0].tolist()]
         fig, axes = plt.subplots(1, heads, figsize=(3.2 * heads, 3.4), squeeze=False)
         for h in range(heads):
             a = axes[0][h]
             a.imshow(probs[h].numpy(), cmap="viridis", vmin=0, vmax=1)
             a.set_title(f"{name} head {h}", fontsize=8)
-            a.set_xticks(range(len(labels)), labels, fontsize=4, rotation=90)
+            a.set_xticks(range(len(keys)), keys, fontsize=4, rotation=90)
             a.set_yticks(range(len(labels)), labels, fontsize=4)
         fig.tight_layout()
         fig.savefig(out / f"attention-layer{layer}.png", dpi=150)

@@ -263,19 +263,20 @@ class Transformer(torch.nn.Module):
 
     @torch.no_grad()
     def generate(self, prompt: Tensor, max_new_tokens: int, *, temperature: float = 0.0, top_k: Optional[int] = None,
-                 use_cache: bool = True, source: Optional[Tensor] = None, generator: Optional[torch.Generator] = None
-                 ) -> Tensor:
+                 use_cache: bool = True, source: Optional[Tensor] = None, source_padding_mask: Optional[Tensor] = None,
+                 generator: Optional[torch.Generator] = None) -> Tensor:
         """Continue ``prompt (B, L)`` by ``max_new_tokens``: greedy at ``temperature=0``, else sampled
         from ``softmax(logits / temperature)`` restricted to the ``top_k`` most likely. With
         ``use_cache`` each step feeds only the new token and attends to the cached keys/values
         (queries of length 1, bottom-right causal); without, the whole sequence is recomputed."""
         if self.cfg.variant == "encoder":
             raise ValueError("Transformer(encoder): an encoder-only model does not generate")
-        memory = self.encode(source) if self.cfg.variant == "encoder-decoder" else None
+        memory = self.encode(source, source_padding_mask) if self.cfg.variant == "encoder-decoder" else None
         caches = [(KVCache(), KVCache()) for _ in self.blocks] if use_cache else None
         out, step_input, start = prompt, prompt, 0
         for _ in range(max_new_tokens):
-            logits = self(step_input, memory=memory, caches=caches, start=start)[:, -1].float()   # (B, V)
+            logits = self(step_input, memory=memory, source_padding_mask=source_padding_mask, caches=caches,
+                          start=start)[:, -1].float()                                         # (B, V)
             if temperature <= 0:
                 nxt = logits.argmax(-1, keepdim=True)                                           # (B, 1)
             else:
