@@ -188,10 +188,11 @@ def test_reverse_task_batches_and_scoring(monkeypatch):
     assert kw["source_padding_mask"].tolist()[0] == [False] * 3 + [True] * 2
     # scoring: a perfect decoder gets exact match 1 and BLEU 100; a wrong one gets less of both
     monkeypatch.setattr(task, "decode", lambda model, pairs, device: [tgt for _, tgt in pairs])
-    perfect = task.evaluate(None, torch.device("cpu"), None)
+    model = torch.nn.Module()  # only eval()/train() are called on it; decode is replaced
+    perfect = task.evaluate(model, torch.device("cpu"), None)
     assert perfect["exact_match"] == 1.0 and perfect["bleu"] == pytest.approx(100.0)
     monkeypatch.setattr(task, "decode", lambda model, pairs, device: [src for src, _ in pairs])
-    wrong = task.evaluate(None, torch.device("cpu"), None)
+    wrong = task.evaluate(model, torch.device("cpu"), None)
     assert wrong["exact_match"] < 0.1 and wrong["bleu"] < 60
 
 
