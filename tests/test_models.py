@@ -154,9 +154,10 @@ def test_cli_errors_name_the_problem(tmp_path, capsys):
     assert "supports bf16, not fp16" in capsys.readouterr().err
 
 
-def test_torchrun_two_processes_match_one_on_the_same_global_batch(tmp_path):
-    """DistributedDataParallel over 2 CPU processes (gloo): the same losses as one process training
-    on the same global batch (each rank takes half of it; DDP averages the gradients)."""
+@pytest.mark.parametrize("mode", ["ddp", "fsdp"])
+def test_torchrun_two_processes_match_one_on_the_same_global_batch(tmp_path, mode):
+    """DistributedDataParallel, or FSDP (fully_shard), over 2 CPU processes (gloo): the same losses
+    as one process training on the same global batch (each rank takes half of it)."""
     import os
     import subprocess
     import sys
@@ -165,15 +166,20 @@ def test_torchrun_two_processes_match_one_on_the_same_global_batch(tmp_path):
     single = _run(tmp_path, "single", "--steps", "3", "--batch", "4", "--no-plots")
     env = dict(os.environ, OMP_NUM_THREADS="1")
     run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                          "-m", "zenattn.train",
-                          *common, "--out", str(tmp_path / "ddp")], env=env, capture_output=True, text=True,
-                         timeout=600)
+                          "-m", "zenattn.train", *common, *(["--fsdp"] if mode == "fsdp" else []),
+                          "--out", str(tmp_path / "ddp")], env=env, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[:6000]
     one = torch.load(tmp_path / "single" / "checkpoint.pt", weights_only=False)["history"]["loss"]
     two = torch.load(tmp_path / "ddp" / "checkpoint.pt", weights_only=False)["history"]["loss"]
     torch.testing.assert_close(torch.tensor(two), torch.tensor(one), rtol=1e-5, atol=1e-6)
     assert json.loads((tmp_path / "ddp" / "metrics.json").read_text())["held_out_loss"] == pytest.approx(
         single["held_out_loss"], rel=1e-4)
+    ckpt = torch.load(tmp_path / "ddp" / "checkpoint.pt", weights_only=False)   # whole tensors, even from FSDP
+    model = Transformer(TransformerConfig(**ckpt["config"]))
+    model.load_state_dict(ckpt["model"])
+    reference = torch.load(tmp_path / "single" / "checkpoint.pt", weights_only=False)["model"]
+    for name, tensor in model.state_dict().items():
+        torch.testing.assert_close(tensor, reference[name], rtol=1e-4, atol=1e-6)
 
 
 # ---- the encoder-decoder's sequence-to-sequence task ------------------------------------------------

@@ -14,6 +14,7 @@ strings, :class:`ReverseTask`), scored by exact match and BLEU.
     python -m zenattn.train --attn torch --norm torch # the same model on torch's modules
     python -m zenattn.train --steps 2000 --dtype bf16 --data my.txt --out run1
     torchrun --standalone --nproc_per_node 2 -m zenattn.train   # DDP (gloo on CPU, nccl on GPU)
+    torchrun --standalone --nproc_per_node 2 -m zenattn.train --fsdp   # FSDP (fully_shard) instead
 
 Under torchrun every rank draws the same global batch of ``--batch`` windows and trains on its own
 slice of it, so the run matches a single process on the same global batch; rank 0 writes the outputs.
@@ -136,11 +137,22 @@ def evaluate(model: Transformer, data: torch.Tensor, seq_len: int, batch: int, m
     return total / max(count, 1)
 
 
-def save_checkpoint(path: Path, model, optimizer, step: int, generator: torch.Generator, history: dict,
-                    args: dict) -> None:
-    torch.save(dict(model=model.state_dict(), optimizer=optimizer.state_dict(), step=step,
-                    generator=generator.get_state(), torch_rng=torch.get_rng_state(), history=history, args=args,
-                    config=dataclasses.asdict(model.cfg)), path)
+def full_state(model, optimizer, sharded: bool) -> tuple[dict, dict]:
+    """(model, optimizer) state dicts with whole tensors. FSDP-sharded ones are gathered: every rank
+    must call this (a collective)."""
+    if not sharded:
+        return model.state_dict(), optimizer.state_dict()
+    from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,  # noqa: PLC0415
+                                                         get_optimizer_state_dict)
+
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    return get_model_state_dict(model, options=options), get_optimizer_state_dict(model, optimizer, options=options)
+
+
+def save_checkpoint(path: Path, state: tuple[dict, dict], cfg: TransformerConfig, step: int,
+                    generator: torch.Generator, history: dict, args: dict) -> None:
+    torch.save(dict(model=state[0], optimizer=state[1], step=step, generator=generator.get_state(),
+                    torch_rng=torch.get_rng_state(), history=history, args=args, config=dataclasses.asdict(cfg)), path)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -163,6 +175,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--out", default="train-out")
     p.add_argument("--resume", help="a checkpoint.pt to continue from (same arguments)")
     p.add_argument("--checkpoint-every", type=int, default=0, help="also save every N steps (0: only at the end)")
+    p.add_argument("--fsdp", action="store_true", help="under torchrun: shard with FSDP (fully_shard) instead of DDP")
     p.add_argument("--eval-batches", type=int, default=40)
     p.add_argument("--no-plots", action="store_true", help="skip the PNGs (no matplotlib needed)")
     p.add_argument("--quiet", action="store_true")
@@ -312,7 +325,17 @@ def train(args: argparse.Namespace) -> dict:
                             norm=args.norm_type, **{**preset["model"], "max_len": max(preset["model"]["max_len"], seq_len)})
     model = Transformer(cfg).to(device)
     net = model
-    if world > 1:
+    if args.fsdp:
+        if world <= 1:
+            raise ValueError("--fsdp shards across processes: run it under torchrun with --nproc_per_node >= 2")
+        if args.resume:
+            raise ValueError("--fsdp with --resume is not supported yet (resume without --fsdp, or under DDP)")
+        from torch.distributed.fsdp import fully_shard  # noqa: PLC0415  (torch >= 2.6)
+
+        for block in [*model.blocks, *(model.encoder or [])]:
+            fully_shard(block)
+        fully_shard(model)                     # the rest: embeddings (tied with the head) and norms
+    elif world > 1:
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
@@ -326,6 +349,10 @@ def train(args: argparse.Namespace) -> dict:
         if ckpt["config"] != dataclasses.asdict(cfg):
             raise ValueError(f"--resume {args.resume}: the checkpoint's model {ckpt['config']} differs from this "
                              f"run's {dataclasses.asdict(cfg)}")
+        if ckpt["args"].get("fsdp"):
+            raise ValueError(f"--resume {args.resume}: written under --fsdp, its optimizer state is keyed by parameter "
+                             f"name (torch.distributed.checkpoint's format); resuming it is not supported yet (its "
+                             f"'model' entry loads into Transformer(config) as usual)")
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         generator.set_state(ckpt["generator"])
@@ -362,13 +389,19 @@ def train(args: argparse.Namespace) -> dict:
         history["lr"].append(lr)
         if hasattr(progress, "set_postfix"):
             progress.set_postfix(loss=f"{loss.item():.3f}", tok_s=f"{tokens / (time.perf_counter() - t0):,.0f}")
-        if args.checkpoint_every and (step + 1) % args.checkpoint_every == 0 and rank == 0:
-            save_checkpoint(out / f"checkpoint-{step + 1}.pt", model, optimizer, step + 1, generator, history, vars(args))
+        if args.checkpoint_every and (step + 1) % args.checkpoint_every == 0:
+            state = full_state(model, optimizer, args.fsdp)          # every rank: gathers FSDP shards
+            if rank == 0:
+                save_checkpoint(out / f"checkpoint-{step + 1}.pt", state, cfg, step + 1, generator, history, vars(args))
     elapsed = time.perf_counter() - t0
+    state = full_state(model, optimizer, args.fsdp)
     if rank != 0:
         torch.distributed.destroy_process_group()
         return {"history": history}
-    save_checkpoint(out / "checkpoint.pt", model, optimizer, steps, generator, history, vars(args))
+    save_checkpoint(out / "checkpoint.pt", state, cfg, steps, generator, history, vars(args))
+    if args.fsdp:  # evaluate on rank 0 alone: an unsharded copy of the trained model
+        model = Transformer(cfg).to(device)
+        model.load_state_dict(state[0])
 
     metrics = dict(
         steps=steps, batch=batch, seq_len=seq_len, parameters=count_parameters(model), config=dataclasses.asdict(cfg),
