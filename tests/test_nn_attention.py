@@ -158,6 +158,30 @@ def test_is_causal_without_mask_raises_like_torch():
         mha(x, x, x, is_causal=True)
 
 
+@pytest.mark.parametrize("grad", [False, True])
+def test_weights_computed_in_row_blocks_equal_one_block(monkeypatch, grad):
+    """need_weights works through blocks of query rows (O(S) memory per row): many small blocks
+    give what one block gives, with dropout, masks and per-head weights."""
+    import importlib
+
+    attention_module = importlib.import_module("zenattn.functional.attention")
+
+    mha = zenattn.nn.MultiheadAttention(E, H, dropout=0.2, batch_first=True, dtype=torch.float64)
+    q, kv = torch.randn(2, 13, E, dtype=torch.float64), torch.randn(2, S, E, dtype=torch.float64)
+    kpm = torch.zeros(2, S, dtype=torch.bool)
+    kpm[0, -3:] = True
+    with torch.set_grad_enabled(grad):
+        torch.manual_seed(1)
+        one = mha(q, kv, kv, key_padding_mask=kpm, average_attn_weights=False)
+        monkeypatch.setattr(attention_module, "PROBS_BLOCK_ELEMENTS", 2 * S)   # one row per block
+        torch.manual_seed(1)
+        many = mha(q, kv, kv, key_padding_mask=kpm, average_attn_weights=False)
+        torch.manual_seed(1)
+        many_avg = mha(q, kv, kv, key_padding_mask=kpm)
+    torch.testing.assert_close(many[1], one[1], rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(many_avg[1], one[1].mean(1), rtol=1e-12, atol=1e-14)
+
+
 # ---- SelfAttention ---------------------------------------------------------------------------------
 
 def test_rotary_scores_depend_on_relative_position_only():

@@ -88,20 +88,25 @@ def _mul_hi_lo(m: int, c: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def dropout_keep_ref(seed: int, batch: int, heads: int, q_len: int, k_len: int, p: float,
-                     device: Optional[torch.device] = None) -> Tensor:
+                     device: Optional[torch.device] = None, *, head: Optional[int] = None,
+                     rows: Optional[Tensor] = None) -> Tensor:
     """The attention dropout mask every zenattn backend draws for ``seed``: bool ``(batch, heads,
     q_len, k_len)``, True where a probability is kept.
 
     Philox4x32-10 (Salmon et al., SC 2011) keyed by the 64-bit seed, at counter
     ``(j // 4, i, b * heads + h, 0)``; word ``j % 4`` keeps its score when its top 24 bits are
     ``>= ceil(p * 2^24)``. Written here in plain int64 torch ops, independently of the C++
-    (``csrc/common/philox.h``) and Triton versions, which the tests compare with it.
+    (``csrc/common/philox.h``) and Triton versions, which the tests compare with it. ``head`` and
+    ``rows`` (query positions) restrict it to that head and those rows: ``(batch, 1, len(rows), k_len)``.
     """
     threshold = math.ceil(p * 2**24)
     t = torch.arange((k_len + 3) // 4, dtype=torch.int64, device=device)
-    i = torch.arange(q_len, dtype=torch.int64, device=device)
-    bh = torch.arange(batch * heads, dtype=torch.int64, device=device)
-    shape = (batch * heads, q_len, (k_len + 3) // 4)
+    i = torch.arange(q_len, dtype=torch.int64, device=device) if rows is None else rows.to(torch.int64)
+    head_ids = torch.arange(heads, dtype=torch.int64, device=device) if head is None else torch.tensor(
+        [head], dtype=torch.int64, device=device)
+    bh = (torch.arange(batch, dtype=torch.int64, device=device)[:, None] * heads + head_ids[None, :]).reshape(-1)
+    n_heads = len(head_ids)
+    shape = (len(bh), len(i), (k_len + 3) // 4)
     c0 = t.expand(shape)
     c1 = i[:, None].expand(shape)
     c2 = bh[:, None, None].expand(shape)
@@ -112,7 +117,7 @@ def dropout_keep_ref(seed: int, batch: int, heads: int, q_len: int, k_len: int, 
         hi1, lo1 = _mul_hi_lo(0xCD9E8D57, c2)
         c0, c1, c2, c3 = hi1 ^ c1 ^ k0, lo1, hi0 ^ c3 ^ k1, lo0
         k0, k1 = (k0 + 0x9E3779B9) & _MASK32, (k1 + 0xBB67AE85) & _MASK32
-    words = torch.stack([c0, c1, c2, c3], dim=-1).reshape(batch, heads, q_len, -1)[..., :k_len]
+    words = torch.stack([c0, c1, c2, c3], dim=-1).reshape(batch, n_heads, len(i), -1)[..., :k_len]
     return (words >> 8) >= threshold
 
 
@@ -127,21 +132,26 @@ def attention_scores(
     window: Optional[tuple[Optional[int], Optional[int]]] = None,
     softcap: Optional[float] = None,
     alibi_slopes: Optional[Tensor] = None,
+    query_positions: Optional[Tensor] = None,
+    q_len: Optional[int] = None,
 ) -> Tensor:
     """The scores ``(B, Hq, Nq, Nk)`` with every feature of :func:`attention_ref` applied, in q's dtype,
-    ``-inf`` where query i may not attend key j: the softmax of each row is the attention."""
+    ``-inf`` where query i may not attend key j: the softmax of each row is the attention.
+
+    ``query_positions`` (with ``q_len``, the whole query length) says which rows of a longer query
+    sequence q holds, for scoring it a block of rows at a time; a mask must then hold those rows."""
     hq, hkv = q.shape[-3], k.shape[-3]
     if hq != hkv:
         k = k.repeat_interleave(hq // hkv, dim=-3)
     nq, nk = q.shape[-2], k.shape[-2]
+    rows = torch.arange(nq, device=q.device) if query_positions is None else query_positions
     if scale is None:
         scale = 1.0 / math.sqrt(q.shape[-1])
     s = torch.matmul(q, k.transpose(-2, -1)) * scale                       # (B, H, Nq, Nk)
     if softcap:
         s = softcap * torch.tanh(s / softcap)
-    offset = nk - nq if alignment == "bottom_right" else 0
-    rel = (torch.arange(nq, device=q.device)[:, None] + offset
-           - torch.arange(nk, device=q.device)[None, :])                   # (Nq, Nk): i + offset - j
+    offset = nk - (nq if q_len is None else q_len) if alignment == "bottom_right" else 0
+    rel = rows[:, None] + offset - torch.arange(nk, device=q.device)[None, :]   # (Nq, Nk): i + offset - j
     if alibi_slopes is not None:
         slopes = alibi_slopes.to(s.dtype)
         slopes = slopes[:, :, None, None] if slopes.dim() == 2 else slopes[:, None, None]

@@ -319,6 +319,9 @@ def scaled_dot_product_attention(
     return out.reshape(*lead_out, query.shape[-2], value.shape[-1])
 
 
+PROBS_BLOCK_ELEMENTS = 1 << 22   # attention_probs' working set per block of query rows (elements)
+
+
 def attention_probs(
     q: Tensor,
     k: Tensor,
@@ -344,8 +347,8 @@ def attention_probs(
     scaled by ``1/(1-p)``: the matrix the output was actually computed with. Returns
     ``(B, Hq, Nq, Nk)``, or ``(B, Nq, Nk)`` averaged over heads with ``average_heads``, in q's
     dtype, differentiable (through q, k and lse). ``queries`` keeps only those query rows (negative
-    counts from the end) in the result. Works one head at a time: without autograd, the memory
-    beyond the result is one head's ``(B, Nq, Nk)`` scores (not O(N): a shortcut, see the README).
+    counts from the end) in the result. Works one head and one block of query rows at a time:
+    without autograd, the memory beyond the result is O(Nk) per row of a block, not O(Nq x Nk).
     """
     B, H, Nq, _ = q.shape
     Hk, Nk = k.shape[1], k.shape[2]
@@ -354,45 +357,51 @@ def attention_probs(
         scale = 1.0 / math.sqrt(q.shape[-1]) if q.shape[-1] > 0 else 1.0
     compute = torch.float64 if q.dtype == torch.float64 else torch.float32
     lse_safe = torch.where(torch.isinf(lse), 0, lse).to(compute)       # rows that attend nothing: p = 0
-    keep = (reference.dropout_keep_ref(int(seed), B, H, Nq, Nk, dropout_p, q.device)
-            if dropout_p > 0 else None)
-    rows = None
-    if queries is not None:
-        rows = torch.tensor([i % Nq for i in queries] if Nq else [], dtype=torch.long, device=q.device)
+    rows = (torch.arange(Nq, device=q.device) if queries is None else
+            torch.tensor([i % Nq for i in queries] if Nq else [], dtype=torch.long, device=q.device))
+    n_rows = len(rows)
+    # Blocks of query rows, so the working memory is (B, block, Nk): O(Nk) per row, not O(Nq x Nk).
+    block = max(1, PROBS_BLOCK_ELEMENTS // max(1, B * Nk))
 
-    def head(t: Optional[Tensor], h: int) -> Optional[Tensor]:
-        """Head h of a per-head tensor that broadcasts over (B, H, ...) (mask: dim -3; slopes: last)."""
+    def head_and_rows(t: Optional[Tensor], h: int, r: Tensor) -> Optional[Tensor]:
+        """Head h and query rows r of a mask broadcasting to (B, H, Nq, Nk)."""
         if t is None:
             return None
-        if t is alibi_slopes:
-            return t[..., h:h + 1]
         if t.dim() >= 3 and t.shape[-3] == H:
-            return t[..., h:h + 1, :, :]
-        return t
+            t = t[..., h:h + 1, :, :]
+        return t.index_select(-2, r) if t.dim() >= 2 and t.shape[-2] == Nq else t
 
-    n_rows = Nq if rows is None else len(rows)
-    # Without autograd the heads are written into the result in place; with it, each head's term
-    # is kept (autograd saves them anyway) and joined at the end.
+    # Without autograd every block is written into the result in place; with it, the blocks are
+    # kept (autograd saves them anyway) and joined at the end.
     in_place = not (torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or lse.requires_grad))
-    total = q.new_zeros(B, n_rows, Nk, dtype=compute) if average_heads else None
-    result = q.new_empty(B, H, n_rows, Nk) if in_place and not average_heads else None
-    heads = []
+    shape = (B, n_rows, Nk) if average_heads else (B, H, n_rows, Nk)
+    result = q.new_zeros(shape, dtype=compute if average_heads else q.dtype) if in_place else None
+    pieces = []
     for h in range(H):
-        s = reference.attention_scores(
-            q[:, h:h + 1].to(compute), k[:, h // group:h // group + 1].to(compute), attn_mask=head(attn_mask, h),
-            scale=scale, causal=causal, alignment=alignment, window=window, softcap=softcap,
-            alibi_slopes=head(alibi_slopes, h))                            # (B, 1, Nq, Nk)
-        p = torch.exp(s - lse_safe[:, h:h + 1, :, None])
-        if keep is not None:
-            p = p * keep[:, h:h + 1] / (1.0 - dropout_p)
-        if rows is not None:
-            p = p[:, :, rows]
-        if average_heads:
-            total = total.add_(p.squeeze(1)) if in_place else total + p.squeeze(1)
-        elif in_place:
-            result[:, h:h + 1] = p
-        else:
-            heads.append(p.to(q.dtype))
-    if average_heads:
-        return (total / max(H, 1)).to(q.dtype)
-    return result if in_place else (torch.cat(heads, dim=1) if heads else q.new_zeros(B, 0, n_rows, Nk))
+        slopes = alibi_slopes[..., h:h + 1] if alibi_slopes is not None else None
+        kh = k[:, h // group:h // group + 1].to(compute)
+        head_pieces = []
+        for r0 in range(0, n_rows, block):
+            r = rows[r0:r0 + block]
+            s = reference.attention_scores(
+                q[:, h:h + 1].index_select(2, r).to(compute), kh, attn_mask=head_and_rows(attn_mask, h, r),
+                scale=scale, causal=causal, alignment=alignment, window=window, softcap=softcap,
+                alibi_slopes=slopes, query_positions=r, q_len=Nq)             # (B, 1, block, Nk)
+            p = torch.exp(s - lse_safe[:, h:h + 1].index_select(2, r)[..., None])
+            if dropout_p > 0:
+                keep = reference.dropout_keep_ref(int(seed), B, H, Nq, Nk, dropout_p, q.device, head=h, rows=r)
+                p = p * keep / (1.0 - dropout_p)
+            if not in_place:
+                head_pieces.append(p)
+            elif average_heads:
+                result[:, r0:r0 + len(r)] += p[:, 0]
+            else:
+                result[:, h, r0:r0 + len(r)] = p[:, 0]
+        if head_pieces:
+            pieces.append(torch.cat(head_pieces, dim=2))                   # (B, 1, n_rows, Nk)
+    if not in_place:
+        if not pieces:
+            return q.new_zeros(shape)
+        stacked = torch.cat(pieces, dim=1)                                 # (B, H, n_rows, Nk)
+        return (stacked.mean(1) if average_heads else stacked).to(q.dtype)
+    return (result / max(H, 1)).to(q.dtype) if average_heads else result
