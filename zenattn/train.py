@@ -359,6 +359,7 @@ def train(args: argparse.Namespace) -> dict:
         torch.set_rng_state(ckpt["torch_rng"])
         history, start = ckpt["history"], ckpt["step"]
     warmup = max(1, steps // 20)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)   # fp16 needs loss scaling
     data_iter = task.batches(generator)
     progress = _progress(range(start, steps), total=steps, initial=start, quiet=quiet)
     rows = slice(rank * (batch // world), (rank + 1) * (batch // world))   # this rank's share of the batch
@@ -376,9 +377,11 @@ def train(args: argparse.Namespace) -> dict:
             loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), y.reshape(-1),
                                                      ignore_index=-100)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()                                                             # DDP averages over ranks
+        scaler.scale(loss).backward()                                               # DDP averages over ranks
+        scaler.unscale_(optimizer)
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
+        scaler.step(optimizer)                                                      # skips the step on inf/NaN grads
+        scaler.update()
         tokens += x.numel() * world
         logged = loss.detach()
         if world > 1:
