@@ -491,14 +491,16 @@ def _plots(out: Path, history: dict, model: Transformer, device: torch.device, p
     for layer, (name, maps) in enumerate(sorted(rec.maps.items())):
         probs = maps[0][0]                                         # (H, L, S)
         heads = probs.shape[0]
-        keys = labels if probs.shape[-1] == len(labels) else [repr(chr(b))[1:-1] for b in kwargs["source"][0].tolist()]
+        source = [repr(chr(b))[1:-1] for b in kwargs["source"][0].tolist()] if "source" in kwargs else labels
+        keys = labels if probs.shape[-1] == len(labels) else source        # cross-attention: source keys
+        queries = labels if probs.shape[-2] == len(labels) else source     # the encoder: source queries
         fig, axes = plt.subplots(1, heads, figsize=(3.2 * heads, 3.4), squeeze=False)
         for h in range(heads):
             a = axes[0][h]
             a.imshow(probs[h].numpy(), cmap="viridis", vmin=0, vmax=1)
             a.set_title(f"{name} head {h}", fontsize=8)
             a.set_xticks(range(len(keys)), keys, fontsize=4, rotation=90)
-            a.set_yticks(range(len(labels)), labels, fontsize=4)
+            a.set_yticks(range(len(queries)), queries, fontsize=4)
         fig.tight_layout()
         fig.savefig(out / f"attention-layer{layer}.png", dpi=150)
         plt.close(fig)
