@@ -6,7 +6,6 @@ exact attention maps.
 from __future__ import annotations
 
 import contextlib
-import math
 from dataclasses import dataclass, field
 from typing import Iterator, Optional, Sequence, Union
 
