@@ -19,7 +19,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from zenattn.functional.attention import _attention, attention_probs
+from zenattn.functional.attention import _attention, _draw_seed, attention_probs
 
 NAME = "zenattn"
 
@@ -45,17 +45,13 @@ def attention_forward(module: torch.nn.Module, query: Tensor, key: Tensor, value
     options = dict(attn_mask=attention_mask, causal=bool(causal) and query.shape[2] > 0, alignment="bottom_right",
                    window=None, softcap=softcap, alibi_slopes=None, dropout_p=float(dropout), scale=scaling)
     want_weights = bool(kwargs.get("output_attentions", False))
-    seed = None
-    if dropout > 0:
-        from zenattn.functional.attention import _draw_seed  # noqa: PLC0415
-        seed = _draw_seed()
+    seed = _draw_seed() if dropout > 0 else None
     result = _attention("integrations.huggingface", query, key, value, return_lse=want_weights,
                         deterministic=False, backend=getattr(module, "zenattn_backend", None), seed=seed, **options)
     out, lse = result if want_weights else (result, None)
     weights = None
     if want_weights:
-        weights = attention_probs(query, key, lse, seed=seed, **{k: v for k, v in options.items()
-                                                                 if k not in ("dropout_p",)}, dropout_p=float(dropout))
+        weights = attention_probs(query, key, lse, seed=seed, **options)
     return out.transpose(1, 2).contiguous(), weights
 
 
