@@ -19,10 +19,9 @@ from zenattn.functional.attention import MAX_HEAD_DIM
 
 TWINS = {
     torch.nn.LayerNorm: zen_nn.LayerNorm,
+    torch.nn.RMSNorm: zen_nn.RMSNorm,
     torch.nn.MultiheadAttention: zen_nn.MultiheadAttention,
 }
-if hasattr(torch.nn, "RMSNorm"):  # torch >= 2.4
-    TWINS[torch.nn.RMSNorm] = zen_nn.RMSNorm
 
 
 @dataclass

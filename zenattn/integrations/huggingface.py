@@ -19,7 +19,8 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from zenattn.functional.attention import _attention, _draw_seed, attention_probs
+from zenattn.functional.attention import attention_probs
+from zenattn.nn.attention import module_attention
 
 NAME = "zenattn"
 
@@ -41,17 +42,14 @@ def attention_forward(module: torch.nn.Module, query: Tensor, key: Tensor, value
                                   "supported; use attn_implementation='eager' for this model")
     causal = attention_mask is None and (is_causal if is_causal is not None else getattr(module, "is_causal", True))
     if attention_mask is not None and attention_mask.dtype != torch.bool:
-        attention_mask = attention_mask.to(query.dtype if query.dtype != torch.float64 else torch.float64)
-    options = dict(attn_mask=attention_mask, causal=bool(causal) and query.shape[2] > 0, alignment="bottom_right",
-                   window=None, softcap=softcap, alibi_slopes=None, dropout_p=float(dropout), scale=scaling)
+        attention_mask = attention_mask.to(query.dtype)
     want_weights = bool(kwargs.get("output_attentions", False))
-    seed = _draw_seed() if dropout > 0 else None
-    result = _attention("integrations.huggingface", query, key, value, return_lse=want_weights,
-                        deterministic=False, backend=getattr(module, "zenattn_backend", None), seed=seed, **options)
-    out, lse = result if want_weights else (result, None)
-    weights = None
-    if want_weights:
-        weights = attention_probs(query, key, lse, seed=seed, **options)
+    out, lse, options = module_attention(
+        module, "integrations.huggingface", query, key, value, need_lse=want_weights,
+        backend=getattr(module, "zenattn_backend", None), attn_mask=attention_mask,
+        causal=bool(causal) and query.shape[2] > 0, alignment="bottom_right", softcap=softcap,
+        dropout_p=float(dropout), scale=scaling)
+    weights = attention_probs(query, key, lse, **options) if want_weights else None
     return out.transpose(1, 2).contiguous(), weights
 
 

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 import zenattn
-from zenattn.nn.attention import _record, _recording, apply_rotary, rotary_cos_sin
+from zenattn.nn.attention import apply_rotary, module_attention, rotary_cos_sin
 
 VARIANTS = ("decoder", "encoder", "encoder-decoder")
 
@@ -129,12 +129,8 @@ class Attention(torch.nn.Module):
         mask = None if key_padding_mask is None else ~key_padding_mask[:, None, None, :]  # (B, 1, 1, S): may attend
         dropout_p = cfg.dropout if self.training else 0.0
         if cfg.attn == "zenattn":
-            want_lse = _recording()
-            out = zenattn.attention(q, k, v, attn_mask=mask, causal=causal, alignment="bottom_right",
-                                    dropout_p=dropout_p, return_lse=want_lse)
-            if want_lse:
-                out, lse = out
-                _record(self, q, k, lse, attn_mask=mask, causal=causal, alignment="bottom_right")
+            out, _, _ = module_attention(self, "models.Transformer", q, k, v, attn_mask=mask, causal=causal,
+                                         alignment="bottom_right", dropout_p=dropout_p)
         else:
             out = _torch_attention(q, k, v, mask, causal, dropout_p)
         return self.out_proj(out.transpose(1, 2).reshape(B, L, H * D))             # (B, L, E)

@@ -75,6 +75,28 @@ def _record(module: torch.nn.Module, q: Tensor, k: Tensor, lse: Tensor, **option
         rec.add(module, probs)
 
 
+def module_attention(module: torch.nn.Module, fn: str, q: Tensor, k: Tensor, v: Tensor, *, need_lse: bool = False,
+                     backend: Optional[str] = None, attn_mask: Optional[Tensor] = None, causal: bool = False,
+                     alignment: str = "top_left", window=None, softcap: Optional[float] = None,
+                     alibi_slopes: Optional[Tensor] = None, dropout_p: float = 0.0, scale: Optional[float] = None
+                     ) -> tuple[Tensor, Optional[Tensor], dict]:
+    """zenattn attention called by ``module`` (errors name ``fn``): ``(out, lse or None, options)``.
+
+    Draws the dropout seed, returns the lse when ``need_lse`` (or a recorder is active), and gives
+    the call to :func:`record_attention`'s recorders. ``options`` (the seed included) rebuild this
+    call's exact probabilities: ``attention_probs(q, k, lse, **options)``."""
+    options = dict(attn_mask=attn_mask, causal=causal, alignment=alignment, window=window, softcap=softcap,
+                   alibi_slopes=alibi_slopes, dropout_p=dropout_p, scale=scale,
+                   seed=_draw_seed() if dropout_p > 0 else None)
+    recording = _recording()
+    want_lse = need_lse or recording
+    result = _attention(fn, q, k, v, return_lse=want_lse, deterministic=False, backend=backend, **options)
+    out, lse = result if want_lse else (result, None)
+    if recording:
+        _record(module, q, k, lse, **options)
+    return out, lse, options
+
+
 # ---- MultiheadAttention -----------------------------------------------------------------------------
 
 def _as_allowed(mask: Tensor, dtype: torch.dtype) -> Tensor:
@@ -175,38 +197,27 @@ class MultiheadAttention(torch.nn.MultiheadAttention):
             mask = _merge_masks(mask, _as_allowed(key_padding_mask, q.dtype)[:, None, None, :], q.dtype)
 
         # -- extra keys: a learned bias key/value, then a zero key/value (each always attendable)
-        extra = []
         if self.bias_k is not None:
             k = torch.cat([k, self.bias_k.expand(N, 1, E)], dim=1)
             v = torch.cat([v, self.bias_v.expand(N, 1, E)], dim=1)
-            extra.append(1)
         q = q.view(N, L, H, hd).transpose(1, 2)                            # (N, H, L, hd)
         k = k.view(N, k.shape[1], H, hd).transpose(1, 2)                   # (N, H, S', hd)
         v = v.view(N, v.shape[1], H, hd).transpose(1, 2)
         if self.add_zero_attn:
             k = torch.cat([k, k.new_zeros(N, H, 1, hd)], dim=2)
             v = torch.cat([v, v.new_zeros(N, H, 1, hd)], dim=2)
-            extra.append(1)
+        extra = k.shape[2] - S                                              # keys added above
         if mask is not None and extra:
-            pad = (0, sum(extra))
+            pad = (0, extra)
             mask = torch_F.pad(mask, pad, value=True) if mask.dtype == torch.bool else torch_F.pad(mask, pad)
         if mask is not None and mask.dim() == 2:
             mask = mask[None, None]
 
         # -- attention (dropout only in training), exact weights from the log-sum-exp when asked
-        dropout_p = self.dropout if self.training else 0.0
-        seed = _draw_seed() if dropout_p > 0 else None
-        options = dict(attn_mask=mask, causal=causal, dropout_p=dropout_p)
-        want_lse = need_weights or _recording()
-        result = _attention("nn.MultiheadAttention", q, k, v, alignment="top_left", window=None, softcap=None,
-                            alibi_slopes=None, scale=None, return_lse=want_lse, deterministic=False,
-                            backend=self.backend, seed=seed, **options)
-        out, lse = result if want_lse else (result, None)
-        if _recording():
-            _record(self, q, k, lse, seed=seed, **options)
-        weights = None
-        if need_weights:
-            weights = attention_probs(q, k, lse, seed=seed, average_heads=average_attn_weights, **options)
+        out, lse, options = module_attention(self, "nn.MultiheadAttention", q, k, v, need_lse=need_weights,
+                                             backend=self.backend, attn_mask=mask, causal=causal,
+                                             dropout_p=self.dropout if self.training else 0.0)
+        weights = attention_probs(q, k, lse, average_heads=average_attn_weights, **options) if need_weights else None
         out = out.transpose(1, 2).reshape(N, L, E)                         # (N, L, E)
         out = torch_F.linear(out, self.out_proj.weight, self.out_proj.bias)
         if not batched:
@@ -301,17 +312,11 @@ class SelfAttention(torch.nn.Module):
                 raise ValueError(f"zenattn.nn.SelfAttention: key_padding_mask must be bool (batch, seq_len) = "
                                  f"{(B, L)}, got {key_padding_mask.dtype} {list(key_padding_mask.shape)}")
             mask = _merge_masks(mask, ~key_padding_mask[:, None, None, :], q.dtype)
-        dropout_p = self.dropout if self.training else 0.0
-        seed = _draw_seed() if dropout_p > 0 else None
-        options = dict(attn_mask=mask, causal=self.causal, window=self.window, softcap=self.softcap,
-                       dropout_p=dropout_p)
-        want_lse = need_weights or _recording()
-        result = _attention("nn.SelfAttention", q, k, v, alignment="top_left", alibi_slopes=None, scale=None,
-                            return_lse=want_lse, deterministic=False, backend=self.backend, seed=seed, **options)
-        out, lse = result if want_lse else (result, None)
-        if _recording():
-            _record(self, q, k, lse, seed=seed, **options)
+        out, lse, options = module_attention(self, "nn.SelfAttention", q, k, v, need_lse=need_weights,
+                                             backend=self.backend, attn_mask=mask, causal=self.causal,
+                                             window=self.window, softcap=self.softcap,
+                                             dropout_p=self.dropout if self.training else 0.0)
         out = self.out_proj(out.transpose(1, 2).reshape(B, L, H * hd))
         if need_weights:
-            return out, attention_probs(q, k, lse, seed=seed, **options)
+            return out, attention_probs(q, k, lse, **options)
         return out
