@@ -61,7 +61,8 @@ def run(cases: list, *, device: Optional[Union[str, torch.device]] = None, provi
     further :class:`Provider` objects (a test's deliberately wrong one, say). With ``out``, the rows
     are appended to ``out/results.csv`` and ``out/results.jsonl`` and the run is written as
     ``out/<stem>.json``, ``out/<stem>.md`` and ``out/<stem>-<op>.png``. Returns {"meta",
-    "ceilings", "rows", "skipped", "files"}."""
+    "ceilings", "rows", "skipped", "files"}; "skipped" gives, per provider left out of some
+    cases, each reason with its count of cases."""
     device = torch.device(device) if device is not None else default_device()
     settings = settings or Settings()
     start = time.perf_counter()
@@ -74,20 +75,23 @@ def run(cases: list, *, device: Optional[Union[str, torch.device]] = None, provi
             raise ValueError(f"unknown providers {sorted(unknown)}; known here: {sorted(p.name for p in known)}")
     dtypes = sorted({c.dtype for c in cases}, key=list(DTYPES).index)
     log("measuring the device's ceilings (matmul rate per dtype, copy bandwidth)")
-    ceilings = measure.ceilings(device, dtypes, reps=10 if device.type == "cuda" else 5)
+    ceilings = measure.ceilings(device, dtypes, reps=10)
     rows, skipped = [], {}
     for i, case in enumerate(cases):
         if progress is not None:
             progress(i, len(cases), case)
         chosen, why = select(case, device, providers, known)
-        skipped.update(why)
+        for name, reason in why.items():
+            counts = skipped.setdefault(name, {})
+            counts[reason] = counts.get(reason, 0) + 1
         if chosen:
             rows += run_case(case, chosen, device, settings, log)
     if progress is not None:
         progress(len(cases), len(cases), None)
     meta["wall_s"] = time.perf_counter() - start
     report.finish_rows(rows, ceilings, meta)
-    skipped = {name: why for name, why in skipped.items() if not any(r["provider"] == name for r in rows)}
+    skipped = {name: [f"{reason} ({n} of {len(cases)} cases)" for reason, n in reasons.items()]
+               for name, reasons in skipped.items()}
     result = {"meta": meta, "ceilings": ceilings, "rows": rows, "skipped": skipped, "files": []}
     if out is not None:
         result["files"] = write(result, Path(out), tag, plots)

@@ -112,8 +112,9 @@ def main(argv=None) -> int:
     console.print(f"ceilings: matmul {mm}; copy {result['ceilings']['copy'] / 1e9:,.1f} GB/s")
     console.print(bench.report.rich_table(result["rows"], "zenattn-bench (checked against float64 first; "
                                           "speed-up = fastest other provider's median / zenattn's)"))
-    for name, why in sorted(result["skipped"].items()):
-        console.print(f"  not run: {name}: {why}", highlight=False)
+    for name, whys in sorted(result["skipped"].items()):
+        for why in whys:
+            console.print(f"  not run: {name}: {why}", highlight=False)
     bad = [r for r in result["rows"] if r["status"] != "ok"]
     console.print(f"{len(result['rows'])} results, {len(bad)} wrong or failed; {result['meta']['wall_s']:.0f} s. "
                   f"Wrote {', '.join(str(f) for f in result['files'])}", highlight=False)

@@ -184,6 +184,8 @@ def _flex() -> Provider:
     def why_not(case: Case, device: torch.device) -> Optional[str]:
         if not _torch_at_least(2, 5):
             return "FlexAttention needs torch >= 2.5"
+        if device.type == "cpu" and case.mode != "fwd":
+            return "FlexAttention has no backward on the CPU"
         return None
     return Provider("flex", "attention", f"torch {torch.__version__}", make, why_not=why_not,
                     opt_in=_compile_opt_in)

@@ -53,20 +53,21 @@ def _ms(row: dict) -> str:
     return f"{row['median_s'] * 1e3:.3g} [{row['p20_s'] * 1e3:.3g}-{row['p80_s'] * 1e3:.3g}]"
 
 
-def _status(row: dict) -> str:
+def _status(row: dict, width: Optional[int] = None) -> str:
     if row["status"] == "failed":
-        return f"failed: {row['error']}"
+        text = f"failed: {row['error']}"
+        return text if width is None or len(text) <= width else text[:width - 3] + "..."
     if row["status"] == "WRONG":
         return "WRONG (" + ", ".join(f"{t} {row['max_err'][t]:.1e} > {row['bound'][t]:.1e}" for t in row["wrong"]) + ")"
     return "ok"
 
 
-def _cells(row: dict) -> list[str]:
+def _cells(row: dict, width: Optional[int] = None) -> list[str]:
     frac = row.get("fraction_of_ceiling")
     speed = f"{row['speedup']:.2f}x vs {row['speedup_vs']}" if row.get("speedup") else ""
     peak = f"{row['peak_bytes'] / 2**20:.1f}" if row.get("peak_bytes") is not None else "-"
     return [row["provider"], _ms(row), _rate(row), f"{frac:.0%}" if frac is not None else "-", peak, speed,
-            _status(row)]
+            _status(row, width)]
 
 
 HEADERS = ["provider", "median ms [p20-p80]", "throughput", "of ceiling", "peak MiB", "zenattn speed-up",
@@ -86,14 +87,14 @@ def rich_table(rows: list, title: str):
     table = Table(title=title, show_lines=False)
     table.add_column("case", no_wrap=True)
     for h in HEADERS:
-        table.add_column(h, justify="left" if h in ("provider", "check") else "right")
+        table.add_column(h, justify="left" if h in ("provider", "check") else "right", no_wrap=h != "check")
     style = {"ok": None, "WRONG": "red", "failed": "yellow"}
     for i, ((op, mode, dtype, shape), group) in enumerate(_by_case(rows).items()):
         if i:
             table.add_section()
         for j, r in enumerate(sorted(group, key=lambda r: (r["median_s"] is None, r["median_s"] or 0))):
             case = f"{op} {mode} {dtype} {shape}" if j == 0 else ""
-            table.add_row(case, *_cells(r), style=style.get(r["status"]))
+            table.add_row(case, *_cells(r, width=60), style=style.get(r["status"]))
     return table
 
 
@@ -120,7 +121,7 @@ def markdown(rows: list, meta: dict, ceilings: dict, skipped: dict) -> str:
         lines.append("")
     if skipped:
         lines += ["Providers not run here:", ""]
-        lines += [f"- {name}: {why}" for name, why in sorted(skipped.items())]
+        lines += [f"- {name}: {why}" for name, whys in sorted(skipped.items()) for why in whys]
         lines.append("")
     return "\n".join(lines)
 
@@ -163,9 +164,7 @@ def plot(rows: list, ceilings: dict, out: Path, stem: str) -> list[Path]:
         for r in rows:
             if r["op"] != op or not r.get("throughput") or r["status"] != "ok":
                 continue
-            fixed = {k: v for k, v in r["case"].items()
-                     if k not in ("seq_len", "hidden", "op", "preset") and k in _USED[op]}
-            key = ", ".join(f"{k}={v}" for k, v in fixed.items())
+            key = _panel(r)
             panels.setdefault(key, {}).setdefault(r["provider"], []).append((r["sweep_value"], r["throughput"], r))
         panels = {k: v for k, v in panels.items() if any(len(pts) > 1 for pts in v.values())}
         if not panels:
@@ -175,7 +174,9 @@ def plot(rows: list, ceilings: dict, out: Path, stem: str) -> list[Path]:
         fig, axes = plt.subplots(nrows, cols, figsize=(6.5 * cols, 3.6 * nrows), squeeze=False)
         for ax, (key, providers) in zip(axes.flat, panels.items()):
             any_row = next(iter(providers.values()))[0][2]
-            scale, unit = (1e12, "TFLOP/s") if any_row["unit"] == "FLOP" else (1e9, "GB/s")
+            top = max(p[1] for pts in providers.values() for p in pts)
+            scale, unit = ((1e12, "TFLOP/s") if top >= 1e12 else (1e9, "GFLOP/s")) if any_row["unit"] == "FLOP" \
+                else (1e9, "GB/s")
             for name, pts in sorted(providers.items()):
                 pts.sort(key=lambda p: p[0])
                 ax.plot([p[0] for p in pts], [p[1] / scale for p in pts], marker="o",
@@ -202,5 +203,12 @@ def plot(rows: list, ceilings: dict, out: Path, stem: str) -> list[Path]:
     return written
 
 
-_USED = {"attention": ("mode", "dtype", "batch", "heads", "kv_heads", "head_dim", "causal", "window"),
-         "layer_norm": ("mode", "dtype", "rows"), "rms_norm": ("mode", "dtype", "rows")}
+def _panel(row: dict) -> str:
+    """A plot panel's title: the case's fixed parameters (everything but the swept one)."""
+    c = row["case"]
+    if row["op"] == "attention":
+        kv = f" Hkv={c['kv_heads']}" if c["kv_heads"] not in (None, c["heads"]) else ""
+        win = f" window={c['window']}" if c["window"] is not None else ""
+        return (f"{c['mode']} {c['dtype']} B={c['batch']} H={c['heads']}{kv} D={c['head_dim']}"
+                f"{' causal' if c['causal'] else ''}{win}")
+    return f"{c['mode']} {c['dtype']} rows={c['rows']}"
