@@ -85,27 +85,33 @@ def run(cases: list, *, device: Optional[Union[str, torch.device]] = None, provi
             counts = skipped.setdefault(name, {})
             counts[reason] = counts.get(reason, 0) + 1
         if chosen:
-            rows += run_case(case, chosen, device, settings, log)
+            case_rows = run_case(case, chosen, device, settings, log)
+            report.finish_rows(case_rows, ceilings, meta)
+            if out is not None:  # appended as they come: a run cut short keeps what it measured
+                report.append_rows(case_rows, Path(out))
+            rows += case_rows
     if progress is not None:
         progress(len(cases), len(cases), None)
     meta["wall_s"] = time.perf_counter() - start
-    report.finish_rows(rows, ceilings, meta)
     skipped = {name: [f"{reason} ({n} of {len(cases)} cases)" for reason, n in reasons.items()]
                for name, reasons in skipped.items()}
     result = {"meta": meta, "ceilings": ceilings, "rows": rows, "skipped": skipped, "files": []}
     if out is not None:
-        result["files"] = write(result, Path(out), tag, plots)
+        result["files"] = write(result, Path(out), tag, plots, append_rows=False)
     return result
 
 
-def write(result: dict, out: Path, tag: Optional[str] = None, plots: bool = True) -> list[Path]:
-    """Write a run: rows appended to results.csv/.jsonl; <stem>.json, <stem>.md and plots."""
+def write(result: dict, out: Path, tag: Optional[str] = None, plots: bool = True,
+          append_rows: bool = True) -> list[Path]:
+    """Write a run's <stem>.json, <stem>.md and plots, and append its rows to results.csv/.jsonl
+    (``run`` has already appended them case by case: it passes ``append_rows=False``)."""
     import json  # noqa: PLC0415
 
     meta = result["meta"]
     stem = f"bench-{meta['device_type']}-{meta['date'][:10]}" + (f"-{tag}" if tag else "")
     out.mkdir(parents=True, exist_ok=True)
-    files = list(report.append_rows(result["rows"], out))
+    files = list(report.append_rows(result["rows"], out)) if append_rows else \
+        [out / "results.csv", out / "results.jsonl"]
     (out / f"{stem}.json").write_text(json.dumps({k: v for k, v in result.items() if k != "files"},
                                                  indent=1, default=str))
     (out / f"{stem}.md").write_text(report.markdown(result["rows"], meta, result["ceilings"], result["skipped"]))
