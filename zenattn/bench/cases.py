@@ -161,15 +161,16 @@ SWEEPS = {
         "rms_norm": dict(mode=["fwd"], dtype=["fp32"], rows=[256], hidden=[256]),
         "model": dict(mode=["fwd+bwd"], dtype=["fp32"], preset=["tiny"]),
     },
-    # The GPU run of benchmarks/gpu_check.sh (issue #8): B=2, H=16 attention in bf16/fp16.
+    # The GPU run of benchmarks/gpu_check.sh (issue #8): the norms and the model step first (few
+    # cases), then B=2, H=16 attention in bf16/fp16.
     "gpu": {
-        "attention": dict(mode=["fwd", "fwd+bwd"], dtype=["bf16", "fp16"], batch=[2], heads=[16],
-                          seq_len=[1024, 2048, 4096, 8192, 16384], head_dim=[64, 128], causal=[False, True]),
         "layer_norm": dict(mode=["fwd", "fwd+bwd"], dtype=["bf16"], rows=[16384],
                            hidden=[1024, 4096, 8192, 16384]),
         "rms_norm": dict(mode=["fwd", "fwd+bwd"], dtype=["bf16"], rows=[16384],
                          hidden=[1024, 4096, 8192, 16384]),
         "model": dict(mode=["fwd+bwd"], dtype=["bf16"], preset=["gpt2-small"]),
+        "attention": dict(mode=["fwd", "fwd+bwd"], dtype=["bf16", "fp16"], batch=[2], heads=[16],
+                          seq_len=[1024, 2048, 4096, 8192, 16384], head_dim=[64, 128], causal=[False, True]),
     },
 }
 

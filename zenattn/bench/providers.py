@@ -276,8 +276,11 @@ def all_providers() -> list[Provider]:
     for module, dist, factory in (("flash_attn", "flash-attn", _flash_attn), ("xformers", None, _xformers),
                                   ("liger_kernel", "liger-kernel", _liger)):
         version = _module_version(module, dist)
-        if version is not None:
-            providers.append(factory(version))
+        provider = factory(version or "not installed")
+        if version is None:
+            reason = f"not installed (pip install {dist or module})"
+            provider = dataclasses.replace(provider, why_not=lambda case, device, reason=reason: reason)
+        providers.append(provider)
     return providers
 
 
