@@ -283,3 +283,17 @@ def test_default_run_finishes_in_under_three_minutes(tmp_path):
     assert {r["op"] for r in rows} == {"attention", "layer_norm", "rms_norm", "model"}
     assert all(r["status"] == "ok" for r in rows), [r for r in rows if r["status"] != "ok"]
     assert "zenattn speed-up" in proc.stdout
+
+
+def test_zenattn_is_held_to_the_design_rule_and_others_to_a_sanity_bound():
+    from zenattn.bench.runner import bounds
+
+    case = Case("rms_norm", "fwd+bwd", "fp32", rows=8, hidden=8)
+    ref = {"out": torch.full((8, 8), 4.0), "dw": torch.full((8,), 50.0)}
+    baseline = {"out": 1e-6, "dw": 5e-5}
+    strict = bounds(case, ref, baseline, strict=True)
+    assert strict["out"] == pytest.approx(2 * 1e-6 + 2e-6 * 4.0)
+    assert strict["dw"] == pytest.approx(3 * 5e-5 + 2e-6 * 50.0)
+    sanity = bounds(case, ref, baseline, strict=False)
+    assert sanity == {"out": pytest.approx(1e-4 * 4.0), "dw": pytest.approx(1e-4 * 50.0)}
+    assert bounds(case, ref, None, strict=True) == sanity      # no baseline: the sanity bound

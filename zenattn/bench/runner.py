@@ -3,12 +3,16 @@ timing side by side and peak memory. A provider whose result is off is reported 
 timed, so the table shows what the wrong answer would have cost); one that raises is reported
 failed with its error.
 
-Correctness rule (DESIGN.md section 4, as in tests/parity.py): each output and gradient is compared
-with a float64 reference computed from the same low-precision inputs; a provider passes when its
-max error is at most ``FACTOR`` x the error of torch's plain computation in the same dtype (the
-baseline provider: ``sdpa-math``, ``torch-eager``, ``torch-modules``) plus a per-dtype floor scaled
-by the reference's magnitude. When the baseline did not run, another PyTorch provider's error
-stands in for it (the row names which); with none, the bound is ``NO_BASELINE`` x that scale.
+Correctness rule for zenattn's providers (DESIGN.md section 4, as in tests/parity.py): each output
+and gradient is compared with a float64 reference computed from the same low-precision inputs; it
+passes when its max error is at most ``FACTOR`` x the error of torch's plain computation in the
+same dtype (the baseline provider: ``sdpa-math``, ``torch-eager``, ``torch-modules``) plus a
+per-dtype floor scaled by the reference's magnitude. When the baseline did not run, another
+PyTorch provider's error stands in for it (the row names which); with none, the sanity bound below.
+Every other provider (PyTorch's alternatives, the peers) is held to a sanity bound: ``SANITY`` x
+the reference's magnitude, which catches a wrong answer without calling a different summation
+order wrong (torch.compile's fp32 RMSNorm weight gradient is 10x less accurate than eager's, and
+correct). Every row keeps its max errors and bounds.
 Attention is checked on batch 0 and the query heads of kv head 0 (heads are independent, so this
 is exact for them and keeps the N x N float64 reference small).
 """
@@ -29,7 +33,7 @@ from zenattn.bench.providers import Provider
 
 FACTOR = {"out": 2.0, "dx": 3.0, "dw": 3.0, "db": 3.0, "dq": 3.0, "dk": 3.0, "dv": 3.0, "loss": 3.0}
 FLOOR = {"fp32": 2e-6, "fp16": 2e-3, "bf16": 1.6e-2}           # tests/parity.py's ATOL_FLOOR
-NO_BASELINE = {"fp32": 1e-4, "fp16": 1e-2, "bf16": 1e-1}
+SANITY = {"fp32": 1e-4, "fp16": 1e-2, "bf16": 1e-1}
 
 
 @dataclasses.dataclass
@@ -191,12 +195,14 @@ def max_errors(case: Case, got: dict, ref: dict) -> dict:
     return errors
 
 
-def bounds(case: Case, ref: dict, baseline_errors: Optional[dict]) -> dict:
+def bounds(case: Case, ref: dict, baseline_errors: Optional[dict], strict: bool = True) -> dict:
+    """Per result name, the largest max error allowed: the DESIGN rule (``strict``, with a baseline)
+    or the sanity bound."""
     result = {}
     for name, expected in ref.items():
         scale = max(1.0, expected.abs().max().item()) if expected.numel() else 1.0
-        if baseline_errors is None or baseline_errors.get(name) is None:
-            result[name] = NO_BASELINE[case.dtype] * scale
+        if not strict or baseline_errors is None or baseline_errors.get(name) is None:
+            result[name] = SANITY[case.dtype] * scale
         else:
             result[name] = FACTOR[name] * baseline_errors[name] + FLOOR[case.dtype] * scale
     return result
@@ -245,8 +251,8 @@ def run_case(case: Case, providers: list, device: torch.device, settings: Settin
     if baseline is None:  # torch's plain path not run (too big, say): another PyTorch provider's error
         baseline = next((p.name for p in providers if p.name in errors and p.name.split("-")[0] in ("sdpa", "torch")),
                         None)
-    bound = bounds(case, ref, errors.get(baseline))
     for name, errs in errors.items():
+        bound = bounds(case, ref, errors.get(baseline), strict=name.startswith("zenattn"))
         wrong = [t for t, e in errs.items() if not e <= bound[t]]
         rows[name].update(max_err=errs, bound=bound, baseline=baseline,
                           status="WRONG" if wrong else "ok", wrong=wrong)

@@ -1,0 +1,188 @@
+"""Generate the README's results tables from the committed results files in benchmarks/results/.
+
+    python benchmarks/readme_results.py           # rewrite the generated blocks of README.md
+    python benchmarks/readme_results.py --check   # exit 1 if README.md is not what the files give
+
+Each table sits between ``<!-- generated:NAME -->`` and ``<!-- /generated:NAME -->`` in README.md;
+the prose around them is written by hand. Blocks:
+
+- ``harness``: every ``bench-*.json`` run of ``zenattn-bench`` (device, date, versions, ceilings; per
+  case zenattn's fastest backend against the fastest other correct provider);
+- ``norm-targets``, ``attention-targets``, ``attention-memory``, ``model-targets``: the target runs of
+  benchmarks/bench_norm.py, bench_attention.py and bench_model.py, two runs side by side ("a / b").
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results"
+README = ROOT / "README.md"
+
+
+def _load(name: str) -> dict:
+    return json.loads((RESULTS / name).read_text())
+
+
+def _link(stem: str, label: str) -> str:
+    return f"[{label}](benchmarks/results/{stem}.md)"
+
+
+def _pair(stem: str) -> tuple[dict, dict]:
+    return _load(f"{stem}-run-a.json"), _load(f"{stem}-run-b.json")
+
+
+def _versions(meta: dict) -> str:
+    triton = f", triton {meta['triton']}" if meta.get("triton") else ""
+    return f"torch {meta['torch']}, zenattn {meta['zenattn']}{triton}, {meta['threads']} threads"
+
+
+# --- zenattn-bench runs --------------------------------------------------------------------------
+
+def harness() -> str:
+    runs = sorted(RESULTS.glob("bench-*.json"))
+    if not runs:
+        return "No `zenattn-bench` run is committed yet."
+    out = []
+    for path in runs:
+        run = json.loads(path.read_text())
+        meta, ceilings = run["meta"], run["ceilings"]
+        mm = ", ".join(f"{d} {v / 1e9:,.0f} GFLOP/s" for d, v in ceilings["matmul"].items())
+        providers = sorted({r["provider"] for r in run["rows"]})
+        out += [f"{_link(path.stem, path.stem)}: {meta['device']}, {meta['date'][:10]}; {_versions(meta)}; "
+                f"sweep `{meta['sweep']}` in {meta['wall_s']:.0f} s. Ceilings: matmul {mm}, copy "
+                f"{ceilings['copy'] / 1e9:,.1f} GB/s. Providers: {', '.join(providers)}.", "",
+                "| op | mode | dtype | shape | zenattn (ms) | fastest other (ms) | speed-up | zenattn of ceiling "
+                "| wrong or failed |", "|---|---|---|---|---|---|---|---|---|"]
+        cases: dict = {}
+        for r in run["rows"]:
+            cases.setdefault((r["op"], r["mode"], r["dtype"], r["shape"]), []).append(r)
+        for (op, mode, dtype, shape), rows in cases.items():
+            ok = [r for r in rows if r["status"] == "ok" and r["median_s"]]
+            ours = min((r for r in ok if r["provider"].startswith("zenattn")), key=lambda r: r["median_s"], default=None)
+            other = min((r for r in ok if not r["provider"].startswith("zenattn")), key=lambda r: r["median_s"],
+                        default=None)
+            bad = ", ".join(f"{r['provider']} ({r['status']})" for r in rows if r["status"] != "ok") or "-"
+            cell = (lambda r: f"{r['median_s'] * 1e3:.3g} ({r['provider']})" if r else "-")
+            speed = f"**{other['median_s'] / ours['median_s']:.2f}x**" if ours and other else "-"
+            frac = f"{ours['fraction_of_ceiling']:.0%}" if ours and ours.get("fraction_of_ceiling") else "-"
+            out.append(f"| {op} | {mode} | {dtype} | {shape} | {cell(ours)} | {cell(other)} | {speed} | {frac} | {bad} |")
+        out.append("")
+    return "\n".join(out).rstrip()
+
+
+# --- the target runs of the per-op scripts -------------------------------------------------------
+
+def _ab(a: float, b: float) -> str:
+    return f"{a:.2f}x / {b:.2f}x"
+
+
+def norm_targets() -> str:
+    a, b = _pair("norm-cpu-2026-11-29")
+    cols = [(4096, 1024, "fp32"), (4096, 1024, "bf16"), (8192, 4096, "fp32"), (8192, 4096, "bf16")]
+    index = {run: {(r["op"], r["mode"], r["rows"], r["hidden"], r["dtype"]): r for r in d["results"]}
+             for run, d in (("a", a), ("b", b))}
+    out = [f"Runs {_link('norm-cpu-2026-11-29-run-a', 'a')} ({a['meta']['date'][:16]}) and "
+           f"{_link('norm-cpu-2026-11-29-run-b', 'b')} ({b['meta']['date'][:16]}): {a['meta']['device']}; "
+           f"{_versions(a['meta'])}, {a['meta']['cpu_isa']} kernels. Cell: torch's time / zenattn's, "
+           "run a / run b (target in brackets).", "",
+           "| op | mode | " + " | ".join(f"{r}×{h} {d}" for r, h, d in cols) + " |", "|---|---" + "|---" * len(cols) + "|"]
+    for op in ("layer_norm", "rms_norm"):
+        for mode in ("fwd", "fwd+bwd"):
+            cells = []
+            for rows, hidden, dtype in cols:
+                ra, rb = (index[run][(op, mode, rows, hidden, dtype)] for run in ("a", "b"))
+                target = f" (≥{ra['target_speedup']:.1f})" if ra["target_speedup"] is not None else ""
+                cells.append(_ab(ra["speedup"], rb["speedup"]) + target)
+            out.append(f"| {op} | {mode} | " + " | ".join(cells) + " |")
+    return "\n".join(out)
+
+
+def attention_targets() -> str:
+    a, b = _pair("attention-cpu-2026-11-29")
+    cols = [(1024, 64), (1024, 128), (4096, 64), (4096, 128)]
+    index = {run: {(r["mode"], r["dtype"], r["causal"], r["n"], r["d"]): r for r in d["results"]}
+             for run, d in (("a", a), ("b", b))}
+    out = [f"Runs {_link('attention-cpu-2026-11-29-run-a', 'a')} ({a['meta']['date'][:16]}) and "
+           f"{_link('attention-cpu-2026-11-29-run-b', 'b')} ({b['meta']['date'][:16]}): {a['meta']['device']}; "
+           f"{_versions(a['meta'])}; {a['meta']['shape']}. Cell: torch SDPA's time / zenattn's, run a / run b; "
+           f"all {len(a['results'])} cases of each run are in the files.", "",
+           "| mode | dtype | causal | " + " | ".join(f"N={n} D={d}" for n, d in cols) + " | target |",
+           "|---|---|---" + "|---" * len(cols) + "|---|"]
+    for mode in ("fwd", "fwd+bwd"):
+        for dtype in ("fp32", "bf16"):
+            for causal in (False, True):
+                cells = [_ab(index["a"][(mode, dtype, causal, n, d)]["speedup"],
+                             index["b"][(mode, dtype, causal, n, d)]["speedup"]) for n, d in cols]
+                target = index["a"][(mode, dtype, causal, 1024, 64)]["target_speedup"]
+                out.append(f"| {mode} | {dtype} | {'yes' if causal else 'no'} | " + " | ".join(cells) +
+                           f" | {'≥%.1f' % target if target is not None else '–'} |")
+    return "\n".join(out)
+
+
+def attention_memory() -> str:
+    a, _ = _pair("attention-cpu-2026-11-29")
+    rows = a["memory"]
+    out = ["Peak memory of one fp32 forward+backward (B=1, H=8, D=64, non-causal; run a; fresh subprocess, "
+           "peak RSS minus the RSS with the inputs allocated; includes the outputs o, dq, dk, dv):", "",
+           "| N | zenattn (MiB) | torch SDPA (MiB) | o+dq+dk+dv (MiB) | zenattn growth vs N/2 |", "|---|---|---|---|---|"]
+    for n in sorted({r["n"] for r in rows}):
+        z = next(r for r in rows if r["provider"] == "zenattn" and r["n"] == n)
+        t = next(r for r in rows if r["provider"] == "torch" and r["n"] == n)
+        growth = f"{z['growth']:.2f}x" if "growth" in z else "-"
+        out.append(f"| {n} | {z['increase'] / 2**20:.0f} | {t['increase'] / 2**20:.0f} | "
+                   f"{z['outputs_bytes'] / 2**20:.0f} | {growth} |")
+    return "\n".join(out)
+
+
+def model_targets() -> str:
+    a, b = _pair("model-cpu-2026-11-29")
+    targets = {"fp32": 1.1, "bf16": 1.5}
+    out = [f"Runs {_link('model-cpu-2026-11-29-run-a', 'a')} and {_link('model-cpu-2026-11-29-run-b', 'b')} "
+           f"({a['meta']['date']}): {_versions(a['meta'])}. One training step (forward, loss, backward, "
+           "clipping, AdamW); speed-up = torch modules' median step / zenattn modules'.", "",
+           "| preset | dtype | B × L | speed-up run a / run b | target | zenattn MFU a / b |", "|---|---|---|---|---|---|"]
+    for ra, rb in zip(a["rows"], b["rows"]):
+        out.append(f"| {ra['preset']} | {ra['dtype']} | {ra['batch']} × {ra['seq_len']} | "
+                   f"{_ab(ra['speedup'], rb['speedup'])} | ≥{targets[ra['dtype']]} | "
+                   f"{ra['zenattn']['mfu']:.1%} / {rb['zenattn']['mfu']:.1%} |")
+    return "\n".join(out)
+
+
+BLOCKS = {"harness": harness, "norm-targets": norm_targets, "attention-targets": attention_targets,
+          "attention-memory": attention_memory, "model-targets": model_targets}
+
+
+def render(readme: str) -> str:
+    """``readme`` with every generated block replaced by what the results files give."""
+    for name, make in BLOCKS.items():
+        pattern = re.compile(rf"(<!-- generated:{name} -->\n).*?(\n<!-- /generated:{name} -->)", re.S)
+        if not pattern.search(readme):
+            raise SystemExit(f"README.md has no block <!-- generated:{name} --> ... <!-- /generated:{name} -->")
+        readme = pattern.sub(lambda m: m.group(1) + make() + m.group(2), readme)
+    return readme
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--check", action="store_true", help="exit 1 if README.md differs from the results files")
+    args = ap.parse_args()
+    current = README.read_text()
+    wanted = render(current)
+    if args.check:
+        if current != wanted:
+            print("README.md's generated results differ from benchmarks/results/: run "
+                  "python benchmarks/readme_results.py", file=sys.stderr)
+            return 1
+        return 0
+    README.write_text(wanted)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
