@@ -59,16 +59,10 @@ import torch.nn.functional as F
 
 # The shared timing helpers and per-dtype floors of the house benchmark (a sibling script, on
 # sys.path when this file is run as a script).
-from bench_norm import (
-    ATOL_FLOOR,
-    DTYPES,
-    RESULTS,
-    measure,
-    measure_side_by_side,
-    summarize,
-)
+from bench_norm import ATOL_FLOOR, DTYPES, RESULTS, measure
 
 import zenattn
+from zenattn.bench.measure import summarize, time_side_by_side
 
 B, H = 1, 8
 SEQ_LENS = [512, 1024, 2048, 4096]
@@ -189,8 +183,8 @@ def timed(runs: dict, budget: float, seconds: dict) -> tuple[dict, dict, int]:
             logs[name].append(time.perf_counter() - t0)
         return call
 
-    stats = measure_side_by_side({n: logged(n, r) for n, r in runs.items()}, torch.device("cpu"),
-                                 warmup=0, reps=reps, block=block)
+    stats = time_side_by_side({n: logged(n, r) for n, r in runs.items()}, torch.device("cpu"),
+                              reps=reps, warmup=0, block=block)
     ratio = summarize([t / z for t, z in zip(logs["torch"], logs["zenattn"])])
     return stats, ratio, len(logs["zenattn"])
 

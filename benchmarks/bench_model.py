@@ -21,40 +21,18 @@ import dataclasses
 import datetime
 import json
 import platform
-import statistics
-import time
 from pathlib import Path
 
 import torch
 
 import zenattn
+from zenattn.bench import measure
 from zenattn.models.transformer import Transformer, TransformerConfig, flops_per_token
 
 PRESETS = {
     "tiny": (dict(dim=128, n_layers=2, n_heads=4, max_len=256), 16, 128),     # (model, batch, seq_len)
     "small": (dict(dim=256, n_layers=4, n_heads=8, max_len=512), 8, 256),
 }
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def matmul_rate(device: torch.device, dtype: torch.dtype) -> float:
-    """FLOP/s of torch.mm in ``dtype`` (median of 10)."""
-    n = 8192 if device.type == "cuda" else 2048
-    a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
-    for _ in range(3):
-        a @ b
-    times = []
-    for _ in range(10):
-        sync(device)
-        t = time.perf_counter()
-        a @ b
-        sync(device)
-        times.append(time.perf_counter() - t)
-    return 2 * n**3 / statistics.median(times)
 
 
 def make_step(model: Transformer, batch: int, seq_len: int, device: torch.device, amp):
@@ -87,21 +65,14 @@ def bench_case(preset: str, dtype_name: str, device: torch.device, warmup: int, 
     for _ in range(warmup - 1):
         for step in steps.values():
             step()
-    times = {name: [] for name in steps}
-    for i in range(reps):
-        for name in (("zenattn", "torch") if i % 2 == 0 else ("torch", "zenattn")):   # take turns
-            sync(device)
-            t = time.perf_counter()
-            steps[name]()
-            sync(device)
-            times[name].append(time.perf_counter() - t)
+    # Take turns one step at a time, in a shuffled order per round (zenattn.bench.measure).
+    stats = measure.time_side_by_side(steps, device, reps=reps, warmup=0, block=1)
     tokens = batch * seq_len
     row = dict(preset=preset, dtype=dtype_name, batch=batch, seq_len=seq_len, parameters=sum(p.numel() for p in
                models["zenattn"].parameters()), first_loss=first, matmul_flops=rate)
-    for name, ts in times.items():
-        q = statistics.quantiles(ts, n=10)
-        med = statistics.median(ts)
-        row[name] = dict(median_s=med, p20_s=q[1], p80_s=q[7], tokens_per_s=tokens / med,
+    for name, st in stats.items():
+        med = st["median"]
+        row[name] = dict(median_s=med, p20_s=st["p20"], p80_s=st["p80"], tokens_per_s=tokens / med,
                          mfu=flops_per_token(cfg, seq_len) * tokens / med / rate)
     row["speedup"] = row["torch"]["median_s"] / row["zenattn"]["median_s"]
     return row
@@ -140,7 +111,7 @@ def main() -> None:
                 threads=torch.get_num_threads())
     rows = []
     for dtype_name in args.dtypes.split(","):
-        rate = matmul_rate(device, {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype_name])
+        rate = measure.matmul_rate(device, {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype_name])
         for preset in args.presets.split(","):
             row = bench_case(preset, dtype_name, device, args.warmup, args.reps, rate)
             rows.append(row)

@@ -21,8 +21,6 @@ import datetime as dt
 import json
 import os
 import platform
-import random
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -31,6 +29,8 @@ import torch
 import torch.nn.functional as F
 
 import zenattn
+# Providers take turns in shuffled blocks of 5 calls (zenattn.bench.measure).
+from zenattn.bench.measure import time_side_by_side
 
 RESULTS = Path(__file__).resolve().parent.parent / "bench-out"  # committed runs go to benchmarks/results/
 SHAPES = [(4096, 1024), (8192, 4096)]
@@ -47,44 +47,8 @@ FWD_CEILING_TARGET = 0.90  # LayerNorm forward vs the alloc+copy ceiling
 ATOL_FLOOR = {"fp32": 2e-6, "bf16": 1.6e-2}
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def summarize(times: list) -> dict:
-    q = statistics.quantiles(times, n=10, method="inclusive")
-    return {"median": statistics.median(times), "p20": q[1], "p80": q[7]}
-
-
-def measure_side_by_side(fns: dict, device, warmup: int, reps: int, block: int = 5) -> dict:
-    """Median and 20/80 percentiles of each fn's wall time (s), from about ``reps`` calls each.
-
-    Providers take turns in blocks of ``block`` calls, in a shuffled order per round, so a noisy
-    stretch of the machine hits all of them alike; blocks (rather than single alternating calls)
-    keep one provider's allocation pattern (say, torch's unfused RMSNorm temporaries making glibc
-    trim its heap) from landing on every call of the next one."""
-    for _ in range(warmup):
-        for fn in fns.values():
-            fn()
-    sync(device)
-    times = {name: [] for name in fns}
-    order = list(fns)
-    rng = random.Random(0)
-    for _ in range(max(1, -(-reps // block))):
-        rng.shuffle(order)
-        for name in order:
-            fn = fns[name]
-            for _ in range(block):
-                t0 = time.perf_counter()
-                fn()
-                sync(device)
-                times[name].append(time.perf_counter() - t0)
-    return {name: summarize(ts) for name, ts in times.items()}
-
-
 def measure(fn, device, warmup: int, reps: int) -> dict:
-    return measure_side_by_side({"fn": fn}, device, warmup, reps)["fn"]
+    return time_side_by_side({"fn": fn}, device, reps=reps, warmup=warmup)["fn"]
 
 
 def ceilings(device, warmup: int, reps: int) -> dict:
@@ -173,7 +137,7 @@ def main() -> int:
             for (rows, hidden) in SHAPES:
                 for dname, dtype in DTYPES.items():
                     runs, nbytes, errors = make_case(op, mode, rows, hidden, dtype, device)
-                    stats = measure_side_by_side(runs, device, warmup, reps)
+                    stats = time_side_by_side(runs, device, reps=reps, warmup=warmup)
                     t_torch, t_zen = stats["torch"]["median"], stats["zenattn"]["median"]
                     speedup = t_torch / t_zen
                     gbs = nbytes / t_zen / 1e9

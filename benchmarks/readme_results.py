@@ -161,10 +161,10 @@ BLOCKS = {"harness": harness, "norm-targets": norm_targets, "attention-targets":
 def render(readme: str) -> str:
     """``readme`` with every generated block replaced by what the results files give."""
     for name, make in BLOCKS.items():
-        pattern = re.compile(rf"(<!-- generated:{name} -->\n).*?(\n<!-- /generated:{name} -->)", re.S)
+        pattern = re.compile(rf"(<!-- generated:{name} -->\n)(?:.*?\n)?(<!-- /generated:{name} -->)", re.S)
         if not pattern.search(readme):
             raise SystemExit(f"README.md has no block <!-- generated:{name} --> ... <!-- /generated:{name} -->")
-        readme = pattern.sub(lambda m: m.group(1) + make() + m.group(2), readme)
+        readme = pattern.sub(lambda m: m.group(1) + make() + "\n" + m.group(2), readme)
     return readme
 
 
