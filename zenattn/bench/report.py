@@ -170,6 +170,8 @@ def plot(rows: list, ceilings: dict, out: Path, stem: str) -> list[Path]:
         panels = {k: v for k, v in panels.items() if any(len(pts) > 1 for pts in v.values())}
         if not panels:
             continue
+        names = sorted({name for providers in panels.values() for name in providers})
+        color = {name: f"C{i % 10}" for i, name in enumerate(names)}      # one colour per provider throughout
         cols = min(2, len(panels))
         nrows = -(-len(panels) // cols)
         fig, axes = plt.subplots(nrows, cols, figsize=(6.5 * cols, 3.6 * nrows), squeeze=False)
@@ -180,7 +182,7 @@ def plot(rows: list, ceilings: dict, out: Path, stem: str) -> list[Path]:
                 else (1e9, "GB/s")
             for name, pts in sorted(providers.items()):
                 pts.sort(key=lambda p: p[0])
-                ax.plot([p[0] for p in pts], [p[1] / scale for p in pts], marker="o",
+                ax.plot([p[0] for p in pts], [p[1] / scale for p in pts], marker="o", color=color[name],
                         linestyle="-" if name.startswith("zenattn") else "--", label=name)
             ax.set_xscale("log", base=2)
             ax.set_xlabel("sequence length" if op == "attention" else "hidden size")
