@@ -27,6 +27,7 @@ import torch
 
 import zenattn
 from zenattn.bench import measure
+from zenattn.bench.runner import training_step
 from zenattn.models.transformer import Transformer, TransformerConfig, flops_per_token
 
 PRESETS = {
@@ -36,20 +37,10 @@ PRESETS = {
 
 
 def make_step(model: Transformer, batch: int, seq_len: int, device: torch.device, amp):
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     g = torch.Generator().manual_seed(0)
     x = torch.randint(0, 256, (batch, seq_len), generator=g).to(device)
     y = torch.randint(0, 256, (batch, seq_len), generator=g).to(device)
-
-    def step() -> float:
-        with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-            loss = model.loss(x, y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        return loss.item()
-    return step
+    return training_step(model, x, y, amp)
 
 
 def bench_case(preset: str, dtype_name: str, device: torch.device, warmup: int, reps: int, rate: float) -> dict:
@@ -61,7 +52,7 @@ def bench_case(preset: str, dtype_name: str, device: torch.device, warmup: int, 
     models["torch"] = Transformer(dataclasses.replace(cfg, attn="torch", norm_impl="torch")).to(device)
     models["torch"].load_state_dict(models["zenattn"].state_dict())
     steps = {name: make_step(m, batch, seq_len, device, amp) for name, m in models.items()}
-    first = {name: step() for name, step in steps.items()}          # the same first loss: same model
+    first = {name: step().item() for name, step in steps.items()}   # the same first loss: same model
     for _ in range(warmup - 1):
         for step in steps.values():
             step()

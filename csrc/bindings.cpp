@@ -244,7 +244,8 @@ PYBIND11_MODULE(_C, m) {
   m.def("attention_fwd", &attention_fwd, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("attn_mask"),
         py::arg("alibi_slopes"), py::arg("seed"), py::arg("scale"), py::arg("softcap"), py::arg("window_left"),
         py::arg("window_right"), py::arg("bottom_right"), py::arg("dropout_p"),
-        "Flash attention forward: returns [out (B, Hq, Nq, Dv), lse (B, Hq, Nq)]");
+        "Flash attention forward: returns [out (B, Hq, Nq, Dv), lse (B, Hq, Nq), out_acc (the float32 output "
+        "for float16/bfloat16 inputs, else empty)]");
   m.def("attention_bwd", &attention_bwd, py::arg("dout"), py::arg("q"), py::arg("k"), py::arg("v"),
         py::arg("out"), py::arg("lse"), py::arg("dlse"), py::arg("attn_mask"), py::arg("alibi_slopes"), py::arg("seed"),
         py::arg("scale"), py::arg("softcap"), py::arg("window_left"), py::arg("window_right"),

@@ -1,13 +1,42 @@
-"""The correctness rule of DESIGN.md section 4, shared by the parity tests.
+"""The shared parity harness: the correctness rule of DESIGN.md section 4, the backends every
+test runs, and the checks that run one case through zenattn, PyTorch and the float64 reference.
 
 Against a high-precision reference (float64), a zenattn result may be off by at most
 ``factor`` x the error of PyTorch's own implementation run in the same precision, plus a small
 absolute floor for cases where PyTorch happens to be exact (error 0).
+
+Backends: ``KERNELS`` are the kernel backends of the test device, ``ALL_BACKENDS`` adds the
+pure-PyTorch one. A backend listed here must work: a broken build fails the tests instead of
+vanishing from them. Adding a backend here adds it to every test that takes ``KERNELS``.
 """
 
 from __future__ import annotations
 
+import os
+
 import torch
+import torch.nn.functional as F
+
+import zenattn
+from zenattn.functional.attention import _draw_seed
+from zenattn.reference import attention_ref, dropout_keep_ref, layer_norm_ref, rms_norm_ref
+
+# Where the tests make their tensors (conftest.py makes it the default device).
+TEST_DEVICE = os.environ.get("ZENATTN_TEST_DEVICE", "cpu")
+
+
+def kernel_backends(device: str) -> list[str]:
+    """The kernel backends that must pass every test on ``device``: on the CPU the C++ kernels and
+    the Triton kernels in Triton's interpreter; on CUDA the Triton kernels, and the CUDA C++ ones
+    when the extension was built with them."""
+    if device == "cpu":
+        return ["cpu", "triton"]
+    return ["triton"] + (["cuda"] if zenattn.info()["extension"].get("cuda") else [])
+
+
+KERNELS = kernel_backends(TEST_DEVICE)
+ALL_BACKENDS = KERNELS + ["torch"]
+DROPOUT_SEED = 1234  # torch.manual_seed before the zenattn call, so the keep mask is known
 
 FWD_FACTOR = 2.0    # outputs
 GRAD_FACTOR = 3.0   # gradients
@@ -29,11 +58,166 @@ def max_err(out: torch.Tensor, ref: torch.Tensor) -> float:
     return (out.double() - ref.double()).abs().max().item()
 
 
+# Every check made through assert_within_rule with a ``where``: (op, backend, dtype, result name,
+# zenattn's error, torch's error, the bound). tests/conftest.py writes them out for
+# docs/reliability.md when ZENATTN_RELIABILITY_JSON names a file.
+RECORDS: list = []
+
+
 def assert_within_rule(name: str, ours: torch.Tensor, theirs: torch.Tensor, ref: torch.Tensor,
-                       factor: float, dtype: torch.dtype) -> None:
+                       factor: float, dtype: torch.dtype, where: tuple = None) -> None:
     assert ours.shape == ref.shape, f"{name}: shape {tuple(ours.shape)} != reference {tuple(ref.shape)}"
     assert torch.isfinite(ours).all() or not torch.isfinite(ref).all(), f"{name}: non-finite values"
     ours_err, torch_err = max_err(ours, ref), max_err(theirs, ref)
     bound = factor * torch_err + ATOL_FLOOR[dtype]
-    assert ours_err <= bound, (f"{name}: zenattn max error {ours_err:.3e} > {factor} x torch's "
+    if where is not None:
+        RECORDS.append((*where, str(dtype).replace("torch.", ""), name, ours_err, torch_err, bound))
+    assert ours_err <= bound, (f"{' '.join(where) + ' ' if where else ''}{name}: zenattn max error {ours_err:.3e} > {factor} x torch's "
                                f"{torch_err:.3e} + floor {ATOL_FLOOR[dtype]:.0e} ({dtype})")
+
+
+# ---- attention ----------------------------------------------------------------------------------
+
+def make_qkv(B, Hq, Hkv, Nq, Nk, D, Dv, dtype, scale=1.0):
+    q = (torch.randn(B, Hq, Nq, D) * scale).to(dtype)
+    k = (torch.randn(B, Hkv, Nk, D) * scale).to(dtype)
+    v = torch.randn(B, Hkv, Nk, Dv).to(dtype)
+    return q, k, v
+
+
+def sdpa_equivalent(q, k, v, *, attn_mask=None, causal=False, alignment="top_left", window=None,
+                    alibi_slopes=None, scale=None, softcap=None, dropout_p=0.0):
+    """torch's SDPA on the same case, with causal / window / ALiBi / mask folded into one dense mask."""
+    assert softcap is None and dropout_p == 0.0, "SDPA cannot express these"
+    nq, nk = q.shape[-2], k.shape[-2]
+    offset = nk - nq if alignment == "bottom_right" else 0
+    rel = torch.arange(nq)[:, None] + offset - torch.arange(nk)[None, :]   # i + offset - j
+    allowed = torch.ones(nq, nk, dtype=torch.bool)
+    left, right = window if window is not None else (None, None)
+    if causal:
+        allowed &= rel >= 0
+    if left is not None and left >= 0:
+        allowed &= rel <= left
+    if right is not None and right >= 0:
+        allowed &= rel >= -right
+    bias = None
+    if alibi_slopes is not None:
+        slopes = alibi_slopes[..., None, None]                              # (H, 1, 1) or (B, H, 1, 1)
+        bias = -slopes * rel.abs()
+    if attn_mask is not None and attn_mask.dtype == torch.bool:
+        allowed = allowed & attn_mask
+    elif attn_mask is not None:
+        bias = attn_mask.float() if bias is None else bias + attn_mask.float()
+    if bias is None:
+        mask = allowed
+    else:
+        mask = bias.masked_fill(~allowed, float("-inf")).to(q.dtype)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale,
+                                          enable_gqa=q.shape[1] != k.shape[1])
+
+
+def dropout_keep(opts, q, k):
+    """The keep mask the kernel will draw when called right after torch.manual_seed(DROPOUT_SEED)."""
+    if not opts.get("dropout_p"):
+        return None
+    torch.manual_seed(DROPOUT_SEED)
+    seed = int(_draw_seed())
+    B, Hq, Nq, Nk = q.shape[0], q.shape[1], q.shape[2], k.shape[2]
+    return dropout_keep_ref(seed, B, Hq, Nq, Nk, opts["dropout_p"], q.device)
+
+
+def run_attention(impl, q, k, v, dout, opts, keep, backend="cpu"):
+    """Forward + backward of one implementation: (out, (dq, dk, dv)). impl: "zen" (zenattn),
+    "torch" (PyTorch's own, same dtype), "ref" (float64 from the definition)."""
+    leaves = [(t.double() if impl == "ref" else t).detach().requires_grad_(True) for t in (q, k, v)]
+    if impl == "zen":
+        torch.manual_seed(DROPOUT_SEED)
+        out = zenattn.attention(*leaves, backend=backend, **opts)
+    elif impl == "ref":
+        out = attention_ref(*leaves, dropout_keep=keep, **opts)
+    elif opts.get("softcap") or opts.get("dropout_p"):
+        out = attention_ref(*leaves, dropout_keep=keep, upcast=False, **opts)
+    else:
+        out = sdpa_equivalent(*leaves, **opts)
+    grads = torch.autograd.grad(out, leaves, dout.to(out.dtype))
+    return out.detach(), grads
+
+
+def check_attention_parity(q, k, v, opts, dtype, backend="cpu"):
+    dout = torch.randn(q.shape[0], q.shape[1], q.shape[2], v.shape[3]).to(dtype)  # random upstream grad
+    keep = dropout_keep(opts, q, k)
+    ours, theirs, ref = (run_attention(impl, q, k, v, dout, opts, keep, backend) for impl in ("zen", "torch", "ref"))
+    assert ours[0].dtype == dtype
+    where = ("attention", backend)
+    assert_within_rule("out", ours[0], theirs[0], ref[0], FWD_FACTOR, dtype, where)
+    for name, o, t, r in zip(("dq", "dk", "dv"), ours[1], theirs[1], ref[1]):
+        assert o.dtype == dtype
+        assert_within_rule(name, o, t, r, GRAD_FACTOR, dtype, where)
+
+
+# ---- LayerNorm / RMSNorm --------------------------------------------------------------------------
+
+def make_x(layout: str, rows: int, hidden: int, dtype, scale=1.0, offset=0.0):
+    """(leaf, view): the leaf gets the gradient, the view is what the op sees."""
+    if layout == "contiguous":
+        leaf = torch.randn(rows, hidden) * scale + offset
+        view = lambda t: t
+    elif layout == "sliced":        # rows of a wider buffer: row stride != hidden, read in place
+        leaf = torch.randn(rows, hidden + 5) * scale + offset
+        view = lambda t: t[:, :hidden]
+    elif layout == "transposed":    # last-dim stride != 1: must be copied, never misread
+        leaf = torch.randn(hidden, rows) * scale + offset
+        view = lambda t: t.t()
+    elif layout == "expanded":      # one row broadcast over all rows (row stride 0)
+        leaf = torch.randn(1, hidden) * scale + offset
+        view = lambda t: t.expand(rows, hidden)
+    else:
+        raise ValueError(layout)
+    return leaf.to(dtype), view
+
+
+def run_norm(kind, impl, backend, leaf, view, weight, bias, residual, eps, dy, dsum):
+    """Forward + backward of one implementation. Returns (outputs, grads) as float64-comparable
+    tensors. impl: "zen" (zenattn, the given backend), "torch" (torch.nn.functional), "ref" (float64)."""
+    as_leaf = lambda t: None if t is None else (t.double() if impl == "ref" else t).detach().clone().requires_grad_(True)
+    x_leaf, w, b, r = as_leaf(leaf), as_leaf(weight), as_leaf(bias), as_leaf(residual)
+    x = view(x_leaf)
+    shape = (x.shape[-1],)
+    if impl == "zen":
+        if kind == "layer_norm":
+            out = zenattn.layer_norm(x, shape, w, b, eps, residual=r, backend=backend)
+        else:
+            out = zenattn.rms_norm(x, shape, w, eps, residual=r, backend=backend)
+    elif impl == "torch":
+        s = x if r is None else x + r
+        y = F.layer_norm(s, shape, w, b, eps) if kind == "layer_norm" else F.rms_norm(s, shape, w, eps)
+        out = y if r is None else (y, s)
+    else:
+        if kind == "layer_norm":
+            out = layer_norm_ref(x, shape, w, b, eps, residual=r)
+        else:
+            out = rms_norm_ref(x, shape, w, eps, residual=r)
+    outs = out if isinstance(out, tuple) else (out,)
+    loss = (outs[0].double() * dy.double()).sum()
+    if len(outs) > 1:
+        loss = loss + (outs[1].double() * dsum.double()).sum()
+    params = [t for t in (x_leaf, w, b, r) if t is not None]
+    grads = torch.autograd.grad(loss, params) if loss.requires_grad else ()
+    return [o.detach() for o in outs], list(grads)
+
+
+def check_norm_parity(kind, leaf, view, weight, bias, residual, eps, dtype, backend):
+    x = view(leaf)
+    dy = torch.randn(x.shape).to(dtype)
+    dsum = torch.randn(x.shape).to(dtype) if residual is not None else None
+    args = (leaf, view, weight, bias, residual, eps, dy, dsum)
+    ours, theirs, ref = (run_norm(kind, impl, backend, *args) for impl in ("zen", "torch", "ref"))
+    where = (kind, backend)
+    for i, (o, t, r) in enumerate(zip(ours[0], theirs[0], ref[0])):
+        assert o.dtype == dtype
+        assert_within_rule("y" if i == 0 else "sum", o, t, r, FWD_FACTOR, dtype, where)
+    names = ["dx", "dweight", "dbias", "dresidual"]
+    present = [n for n, t in zip(names, (leaf, weight, bias, residual)) if t is not None]
+    assert len(ours[1]) == len(present)
+    for name, o, t, r in zip(present, ours[1], theirs[1], ref[1]):
+        assert_within_rule(name, o, t, r, GRAD_FACTOR, dtype, where)

@@ -14,7 +14,8 @@ import zenattn
 from zenattn import backends
 from zenattn.reference import attention_ref
 
-KERNELS = ["cpu", "triton"]  # the kernel backends (triton: in the interpreter on CPU tensors)
+from parity import KERNELS
+
 FP32_TOL = dict(rtol=1e-5, atol=1e-5)  # fp32 vs torch's fp32 SDPA: both accumulate in fp32
 
 
@@ -368,7 +369,7 @@ def _opcheck_cases(backend):
         q, k, v, None, None, torch.tensor(12345), 0.35, 0.0, -1, -1, False, 0.3, False, backend)
     # backward op on plain tensors, with and without a gradient on the lse
     q, k, v = qkv(4, 2, 9, 6, 8, 8, grad=False)
-    out, lse = ops.attention_fwd(q, k, v, None, None, None, 0.35, 0.0, -1, 0, True, 0.0, False, backend)
+    out, lse, _ = ops.attention_fwd(q, k, v, None, None, None, 0.35, 0.0, -1, 0, True, 0.0, False, backend)
     dout = torch.randn_like(out)
     yield f"{backend} bwd", ops.attention_bwd.default, (
         dout, q, k, v, out, lse, None, None, None, None, 0.35, 0.0, -1, 0, True, 0.0, False, backend)

@@ -17,9 +17,8 @@ import zenattn
 from zenattn.functional.attention import _draw_seed
 from zenattn.reference import attention_ref, dropout_keep_ref
 
-from parity import FWD_FACTOR, GRAD_FACTOR, assert_within_rule
+from parity import KERNELS, FWD_FACTOR, GRAD_FACTOR, assert_within_rule
 
-KERNELS = ["cpu", "triton"]  # the kernel backends (triton: in the interpreter on CPU tensors)
 
 
 def randn(*shape, dtype=torch.float32, requires_grad=False):

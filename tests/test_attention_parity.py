@@ -15,95 +15,16 @@ import torch
 import torch.nn.functional as F
 
 import zenattn
-from zenattn.functional.attention import _draw_seed
-from zenattn.reference import attention_ref, dropout_keep_ref
 
-from parity import FWD_FACTOR, GRAD_FACTOR, assert_within_rule
+from parity import ALL_BACKENDS, FWD_FACTOR, GRAD_FACTOR, assert_within_rule, make_qkv, run_attention
+from parity import check_attention_parity as check_parity
 
-BACKENDS = ["cpu", "triton"]  # every kernel backend (triton: in the interpreter on CPU tensors)
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
-DROPOUT_SEED = 1234  # torch.manual_seed before the zenattn call, so the keep mask is known
 
 
 def alibi(heads: int) -> torch.Tensor:
     """The ALiBi paper's slopes 2^(-8 h / H), h = 1..H."""
     return torch.tensor([2.0 ** (-8.0 * h / heads) for h in range(1, heads + 1)])
-
-
-def make_qkv(B, Hq, Hkv, Nq, Nk, D, Dv, dtype, scale=1.0):
-    q = (torch.randn(B, Hq, Nq, D) * scale).to(dtype)
-    k = (torch.randn(B, Hkv, Nk, D) * scale).to(dtype)
-    v = torch.randn(B, Hkv, Nk, Dv).to(dtype)
-    return q, k, v
-
-
-def sdpa_equivalent(q, k, v, *, attn_mask=None, causal=False, alignment="top_left", window=None,
-                    alibi_slopes=None, scale=None, softcap=None, dropout_p=0.0):
-    """torch's SDPA on the same case, with causal / window / ALiBi / mask folded into one dense mask."""
-    assert softcap is None and dropout_p == 0.0, "SDPA cannot express these"
-    nq, nk = q.shape[-2], k.shape[-2]
-    offset = nk - nq if alignment == "bottom_right" else 0
-    rel = torch.arange(nq)[:, None] + offset - torch.arange(nk)[None, :]   # i + offset - j
-    allowed = torch.ones(nq, nk, dtype=torch.bool)
-    left, right = window if window is not None else (None, None)
-    if causal:
-        allowed &= rel >= 0
-    if left is not None and left >= 0:
-        allowed &= rel <= left
-    if right is not None and right >= 0:
-        allowed &= rel >= -right
-    bias = None
-    if alibi_slopes is not None:
-        slopes = alibi_slopes[..., None, None]                              # (H, 1, 1) or (B, H, 1, 1)
-        bias = -slopes * rel.abs()
-    if attn_mask is not None and attn_mask.dtype == torch.bool:
-        allowed = allowed & attn_mask
-    elif attn_mask is not None:
-        bias = attn_mask.float() if bias is None else bias + attn_mask.float()
-    if bias is None:
-        mask = allowed
-    else:
-        mask = bias.masked_fill(~allowed, float("-inf")).to(q.dtype)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale,
-                                          enable_gqa=q.shape[1] != k.shape[1])
-
-
-def dropout_keep(opts, q, k):
-    """The keep mask the kernel will draw when called right after torch.manual_seed(DROPOUT_SEED)."""
-    if not opts.get("dropout_p"):
-        return None
-    torch.manual_seed(DROPOUT_SEED)
-    seed = int(_draw_seed())
-    B, Hq, Nq, Nk = q.shape[0], q.shape[1], q.shape[2], k.shape[2]
-    return dropout_keep_ref(seed, B, Hq, Nq, Nk, opts["dropout_p"], q.device)
-
-
-def run_attention(impl, q, k, v, dout, opts, keep, backend="cpu"):
-    """Forward + backward of one implementation: (out, (dq, dk, dv)). impl: "zen" (zenattn),
-    "torch" (PyTorch's own, same dtype), "ref" (float64 from the definition)."""
-    leaves = [(t.double() if impl == "ref" else t).detach().requires_grad_(True) for t in (q, k, v)]
-    if impl == "zen":
-        torch.manual_seed(DROPOUT_SEED)
-        out = zenattn.attention(*leaves, backend=backend, **opts)
-    elif impl == "ref":
-        out = attention_ref(*leaves, dropout_keep=keep, **opts)
-    elif opts.get("softcap") or opts.get("dropout_p"):
-        out = attention_ref(*leaves, dropout_keep=keep, upcast=False, **opts)
-    else:
-        out = sdpa_equivalent(*leaves, **opts)
-    grads = torch.autograd.grad(out, leaves, dout.to(out.dtype))
-    return out.detach(), grads
-
-
-def check_parity(q, k, v, opts, dtype, backend="cpu"):
-    dout = torch.randn(q.shape[0], q.shape[1], q.shape[2], v.shape[3]).to(dtype)  # random upstream grad
-    keep = dropout_keep(opts, q, k)
-    ours, theirs, ref = (run_attention(impl, q, k, v, dout, opts, keep, backend) for impl in ("zen", "torch", "ref"))
-    assert ours[0].dtype == dtype
-    assert_within_rule("out", ours[0], theirs[0], ref[0], FWD_FACTOR, dtype)
-    for name, o, t, r in zip(("dq", "dk", "dv"), ours[1], theirs[1], ref[1]):
-        assert o.dtype == dtype
-        assert_within_rule(name, o, t, r, GRAD_FACTOR, dtype)
 
 
 # ---- sequence lengths and head dims --------------------------------------------------------------
@@ -119,7 +40,7 @@ SEQ_LENS = [
 ]
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("seqlen", SEQ_LENS)
 @pytest.mark.parametrize("causal", [False, True])
@@ -140,7 +61,7 @@ HEAD_DIMS = [
 ]
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("head_dim", HEAD_DIMS)
 def test_attention_head_dims(backend, head_dim, dtype):
@@ -192,7 +113,7 @@ FEATURES = [
 ]
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("case", FEATURES, ids=[c[0] for c in FEATURES])
 def test_attention_features(backend, case, dtype):
@@ -223,7 +144,7 @@ def make_mask(kind, shape, dtype):
     return (torch.randn(shape) * 2).to(dtype)      # additive, scores move by O(1)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("kind", ["bool", "float"])
 @pytest.mark.parametrize("shape", MASK_SHAPES, ids=str)
@@ -233,7 +154,7 @@ def test_attention_mask_broadcast(backend, shape, kind, dtype):
     check_parity(q, k, v, dict(attn_mask=make_mask(kind, shape, dtype)), dtype, backend)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
 def test_attention_float32_mask_with_low_precision_inputs(backend, dtype):
     """A float32 additive mask is accepted for half inputs (torch's SDPA wants the query's dtype, so it

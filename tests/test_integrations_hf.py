@@ -13,7 +13,8 @@ transformers = pytest.importorskip("transformers")  # a test dependency: install
 
 import zenattn.integrations.huggingface as zen_hf  # noqa: E402
 
-KERNELS = ["cpu", "triton"]
+from parity import KERNELS
+
 
 
 def _configs():

@@ -11,9 +11,8 @@ import torch
 import zenattn
 from zenattn.reference import attention_ref
 
-from parity import FWD_FACTOR, GRAD_FACTOR, assert_within_rule
+from parity import KERNELS, FWD_FACTOR, GRAD_FACTOR, assert_within_rule
 
-KERNELS = ["cpu", "triton"]  # the kernel backends (triton: in the interpreter on CPU tensors)
 
 
 # ---- MultiheadAttention vs torch.nn.MultiheadAttention ---------------------------------------------

@@ -8,11 +8,9 @@ import torch
 import torch.nn.functional as F
 
 import zenattn
-from zenattn.reference import layer_norm_ref, rms_norm_ref
 
-from parity import FWD_FACTOR, GRAD_FACTOR, assert_within_rule
+from parity import ALL_BACKENDS as BACKENDS, check_norm_parity as check_parity, make_x
 
-BACKENDS = ["cpu", "triton"]  # every kernel backend (triton: in the interpreter on CPU, see conftest.py)
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 
 HIDDEN = [
@@ -28,68 +26,6 @@ HIDDEN = [
 
 def rows_for(hidden: int) -> int:
     return 3 if hidden >= 65536 else 37  # odd row counts; fewer rows for the widest case
-
-
-def make_x(layout: str, rows: int, hidden: int, dtype, scale=1.0, offset=0.0):
-    """(leaf, view): the leaf gets the gradient, the view is what the op sees."""
-    if layout == "contiguous":
-        leaf = torch.randn(rows, hidden) * scale + offset
-        view = lambda t: t
-    elif layout == "sliced":        # rows of a wider buffer: row stride != hidden, read in place
-        leaf = torch.randn(rows, hidden + 5) * scale + offset
-        view = lambda t: t[:, :hidden]
-    elif layout == "transposed":    # last-dim stride != 1: must be copied, never misread
-        leaf = torch.randn(hidden, rows) * scale + offset
-        view = lambda t: t.t()
-    else:
-        raise ValueError(layout)
-    return leaf.to(dtype), view
-
-
-def run_norm(kind, impl, backend, leaf, view, weight, bias, residual, eps, dy, dsum):
-    """Forward + backward of one implementation. Returns (outputs, grads) as float64-comparable
-    tensors. impl: "zen" (zenattn, the given backend), "torch" (torch.nn.functional), "ref" (float64)."""
-    as_leaf = lambda t: None if t is None else (t.double() if impl == "ref" else t).detach().clone().requires_grad_(True)
-    x_leaf, w, b, r = as_leaf(leaf), as_leaf(weight), as_leaf(bias), as_leaf(residual)
-    x = view(x_leaf)
-    shape = (x.shape[-1],)
-    if impl == "zen":
-        if kind == "layer_norm":
-            out = zenattn.layer_norm(x, shape, w, b, eps, residual=r, backend=backend)
-        else:
-            out = zenattn.rms_norm(x, shape, w, eps, residual=r, backend=backend)
-    elif impl == "torch":
-        s = x if r is None else x + r
-        y = F.layer_norm(s, shape, w, b, eps) if kind == "layer_norm" else F.rms_norm(s, shape, w, eps)
-        out = y if r is None else (y, s)
-    else:
-        if kind == "layer_norm":
-            out = layer_norm_ref(x, shape, w, b, eps, residual=r)
-        else:
-            out = rms_norm_ref(x, shape, w, eps, residual=r)
-    outs = out if isinstance(out, tuple) else (out,)
-    loss = (outs[0].double() * dy.double()).sum()
-    if len(outs) > 1:
-        loss = loss + (outs[1].double() * dsum.double()).sum()
-    params = [t for t in (x_leaf, w, b, r) if t is not None]
-    grads = torch.autograd.grad(loss, params) if loss.requires_grad else ()
-    return [o.detach() for o in outs], list(grads)
-
-
-def check_parity(kind, leaf, view, weight, bias, residual, eps, dtype, backend):
-    x = view(leaf)
-    dy = torch.randn(x.shape).to(dtype)
-    dsum = torch.randn(x.shape).to(dtype) if residual is not None else None
-    args = (leaf, view, weight, bias, residual, eps, dy, dsum)
-    ours, theirs, ref = (run_norm(kind, impl, backend, *args) for impl in ("zen", "torch", "ref"))
-    for i, (o, t, r) in enumerate(zip(ours[0], theirs[0], ref[0])):
-        assert o.dtype == dtype
-        assert_within_rule(f"{kind} output {i}", o, t, r, FWD_FACTOR, dtype)
-    names = ["dx", "dweight", "dbias", "dresidual"]
-    present = [n for n, t in zip(names, (leaf, weight, bias, residual)) if t is not None]
-    assert len(ours[1]) == len(present)
-    for name, o, t, r in zip(present, ours[1], theirs[1], ref[1]):
-        assert_within_rule(f"{kind} {name}", o, t, r, GRAD_FACTOR, dtype)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

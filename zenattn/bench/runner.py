@@ -148,6 +148,24 @@ def make_call(case: Case, provider: Provider, inputs: dict, device: torch.device
 
 # --- the model step ------------------------------------------------------------------------------
 
+def training_step(model: torch.nn.Module, tokens: torch.Tensor, targets: torch.Tensor,
+                  amp: Optional[torch.dtype] = None) -> Callable[[], torch.Tensor]:
+    """One training step of the reference Transformer per call: forward and loss (under autocast
+    to ``amp`` if given), backward, gradient clipping at 1.0, AdamW; returns the loss, detached."""
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    device_type = tokens.device.type
+
+    def step() -> torch.Tensor:
+        with torch.autocast(device_type, dtype=amp, enabled=amp is not None):
+            loss = model.loss(tokens, targets)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        return loss.detach()
+    return step
+
+
 def _model_calls(case: Case, providers: list, inputs: dict, device: torch.device) -> tuple[dict, dict]:
     """Training-step calls of the reference Transformer, one per provider (same initial weights),
     each returning {"loss"} of the step; and the float64 reference loss of the first step."""
@@ -165,17 +183,8 @@ def _model_calls(case: Case, providers: list, inputs: dict, device: torch.device
         model = Transformer(TransformerConfig(**fields, attn=kernels, norm_impl=kernels))
         model.load_state_dict(state)
         model.to(device)
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-
-        def step(model=model, opt=opt):
-            with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-                loss = model.loss(tokens, targets)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            return {"loss": loss.detach()}
-        calls[p.name] = step
+        step = training_step(model, tokens, targets, amp)
+        calls[p.name] = lambda step=step: {"loss": step()}
     ref_model = Transformer(TransformerConfig(**fields, attn="torch", norm_impl="torch"))
     ref_model.load_state_dict(state)
     ref_model.to(device=device, dtype=torch.float64)

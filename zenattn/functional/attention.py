@@ -171,7 +171,7 @@ def attention(
     ``dropout_p`` zeroes probabilities with that chance and scales the rest by ``1/(1-p)``; the mask
     is drawn from a seed taken from torch's default generator, so ``torch.manual_seed`` reproduces
     it. ``deterministic=True`` asks for a bitwise-repeatable backward (the cpu and triton backends
-    always are: neither uses atomics).
+    always are: neither uses atomics); ``torch.use_deterministic_algorithms(True)`` asks for it too.
 
     Returns:
         ``out (B, Hq, Nq, Dv)`` in q's dtype, and with ``return_lse`` also the log-sum-exp of each
@@ -220,9 +220,10 @@ def _attention(fn: str, q, k, v, *, attn_mask, causal, alignment, window, softca
             window=(left, right), softcap=softcap, alibi_slopes=alibi_slopes, dropout_p=dropout_p,
             dropout_keep=keep, upcast=True, return_lse=return_lse)
 
-    out, lse = attention_ops.attention_fwd(
+    out, lse, _ = attention_ops.attention_fwd(
         q, k, v, attn_mask, alibi_slopes, seed, float(scale), float(softcap or 0.0), left, right,
-        alignment == "bottom_right", float(dropout_p), bool(deterministic), choice.backend)
+        alignment == "bottom_right", float(dropout_p),
+        bool(deterministic) or torch.are_deterministic_algorithms_enabled(), choice.backend)
     return (out, lse) if return_lse else out
 
 

@@ -1,14 +1,17 @@
 """Attention as ``torch.library`` ops in the ``zenattn`` namespace.
 
     zenattn::attention_fwd(q, k, v, attn_mask?, alibi_slopes?, seed?, scale, softcap, window_left,
-                           window_right, bottom_right, dropout_p, deterministic, backend) -> (out, lse)
+                           window_right, bottom_right, dropout_p, deterministic, backend) -> (out, lse, out_acc)
     zenattn::attention_bwd(dout, q, k, v, out, lse, dlse?, attn_mask?, alibi_slopes?, seed?, scale, softcap,
                            window_left, window_right, bottom_right, dropout_p, deterministic, backend)
                            -> (dq, dk, dv)
 
 Shapes: q ``(B, Hq, Nq, D)``, k ``(B, Hkv, Nk, D)``, v ``(B, Hkv, Nk, Dv)`` (Hkv divides Hq), any
 strides with a unit last stride; out ``(B, Hq, Nq, Dv)`` in q's dtype; lse ``(B, Hq, Nq)`` float32
-(float64 for float64 input), ``-inf`` for rows that attend nothing. ``attn_mask`` broadcasts to
+(float64 for float64 input), ``-inf`` for rows that attend nothing. ``out_acc`` is the output
+at the compute precision (float32) for float16/bfloat16 inputs, kept for the backward's
+``delta = rowsum(dO * O)`` (from the rounded output, delta's error shifts every dS of a row and
+multiplies dq/dk's error); an empty tensor for float32/float64 inputs, whose ``out`` serves. ``attn_mask`` broadcasts to
 ``(B, Hq, Nq, Nk)`` (bool: may attend; floating: added to the scores). A window side of -1 is
 unbounded; causal attention is ``window_right = 0``; ``bottom_right`` aligns the diagonal with the
 last key (offset ``Nk - Nq``). ``seed`` is an int64 scalar tensor drawn from torch's generator
@@ -37,11 +40,11 @@ _SCORE_ARGS = ("Tensor? attn_mask, Tensor? alibi_slopes, Tensor? seed, float sca
 def _attention_fwd(q: Tensor, k: Tensor, v: Tensor, attn_mask: Optional[Tensor], alibi_slopes: Optional[Tensor],
                    seed: Optional[Tensor], scale: float, softcap: float, window_left: int, window_right: int,
                    bottom_right: bool, dropout_p: float, deterministic: bool, backend: str
-                   ) -> tuple[Tensor, Tensor]:
-    out, lse = backends.launchers(backend, "attention").attention_fwd(
+                   ) -> tuple[Tensor, Tensor, Tensor]:
+    out, lse, out_acc = backends.launchers(backend, "attention").attention_fwd(
         q, k, v, attn_mask, alibi_slopes, seed, scale, softcap, window_left, window_right, bottom_right,
         dropout_p)
-    return out, lse
+    return out, lse, out_acc
 
 
 def _attention_fwd_fake(q, k, v, attn_mask, alibi_slopes, seed, scale, softcap, window_left, window_right,
@@ -49,11 +52,13 @@ def _attention_fwd_fake(q, k, v, attn_mask, alibi_slopes, seed, scale, softcap, 
     b, h, n, _ = q.shape
     out = q.new_empty(b, h, n, v.shape[-1])
     lse = q.new_empty(b, h, n, dtype=_stat_dtype(q.dtype))
-    return out, lse
+    half = q.dtype in (torch.float16, torch.bfloat16)
+    out_acc = q.new_empty(b, h, n, v.shape[-1], dtype=torch.float32) if half else q.new_empty(0)
+    return out, lse, out_acc
 
 
 attention_fwd = _define(
-    f"attention_fwd(Tensor q, Tensor k, Tensor v, {_SCORE_ARGS}) -> (Tensor, Tensor)",
+    f"attention_fwd(Tensor q, Tensor k, Tensor v, {_SCORE_ARGS}) -> (Tensor, Tensor, Tensor)",
     _attention_fwd, _attention_fwd_fake)
 
 
@@ -81,15 +86,17 @@ attention_bwd = _define(
 
 def _attention_setup(ctx, inputs, output):
     q, k, v, attn_mask, alibi_slopes, seed, *options = inputs
-    out, lse = output
-    ctx.save_for_backward(q, k, v, out, lse, attn_mask, alibi_slopes, seed)
+    out, lse, out_acc = output
+    # The backward reads the output only for delta = rowsum(dO * O): the unrounded one if there is one.
+    ctx.save_for_backward(q, k, v, out_acc if out_acc.numel() else out, lse, attn_mask, alibi_slopes, seed)
+    ctx.mark_non_differentiable(out_acc)
     ctx.options = options  # scale ... dropout_p, deterministic, backend (as in the schema)
 
 
-def _attention_backward(ctx, dout, dlse):
+def _attention_backward(ctx, dout, dlse, _dout_acc):
     q, k, v, out, lse, attn_mask, alibi_slopes, seed = ctx.saved_tensors
     if dout is None:  # only the lse was used
-        dout = torch.zeros_like(out)
+        dout = torch.zeros(out.shape, dtype=q.dtype, device=out.device)
     dq, dk, dv = attention_bwd(dout, q, k, v, out, lse, dlse, attn_mask, alibi_slopes, seed, *ctx.options)
     return (dq, dk, dv) + (None,) * 11
 

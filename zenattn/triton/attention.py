@@ -462,19 +462,26 @@ def attention_fwd(q: Tensor, k: Tensor, v: Tensor, attn_mask: Optional[Tensor], 
                   bottom_right: bool, dropout_p: float) -> list[Tensor]:
     q, k, v = (_unit_last_stride(t) for t in (q, k, v))
     B, H, Nq, _ = q.shape
-    out = torch.empty(B, H, Nq, v.shape[3], dtype=q.dtype, device=q.device)
+    # Half-precision inputs: the kernel writes the output in float32 (kept for the backward's
+    # delta = rowsum(dO * O): from the rounded output it would shift every dS of a row by up to a
+    # rounding step of O), and the caller gets it rounded to q's dtype.
+    half = q.dtype in (torch.float16, torch.bfloat16)
+    out = torch.empty(B, H, Nq, v.shape[3], dtype=torch.float32 if half else q.dtype, device=q.device)
     lse = torch.empty(B, H, Nq, dtype=stat_dtype(q.dtype), device=q.device)
     sizes, blocks = _sizes(q, k, v)
+
+    def result():
+        return [out.to(q.dtype), lse, out] if half else [out, lse, out.new_empty(0)]
     if out.numel() == 0:
         lse.fill_(float("-inf"))
-        return [out, lse]
+        return result()
     mask, slopes, mask_strides, slope_strides, scalars, flags = _score_args(
         q, k, attn_mask, alibi_slopes, seed, scale, softcap, window_left, window_right, bottom_right, dropout_p)
     args = (q, k, v, out, lse, mask, slopes, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3],
             *out.stride()[:3], *lse.stride()[:2], *mask_strides, *slope_strides, *sizes, *scalars)
     _launch(_attn_fwd_kernel, _FWD_TUNED, lambda BLOCK_M, BLOCK_N: B * H * triton.cdiv(Nq, BLOCK_M), args,
             dict(**flags, **blocks))
-    return [out, lse]
+    return result()
 
 
 def attention_bwd(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, dlse: Optional[Tensor],

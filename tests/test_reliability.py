@@ -1,0 +1,207 @@
+"""The reliability checklist items that need more than one call: memory growing linearly in N,
+tensors past 2^31 elements, bitwise determinism over 50 repeats on every backend (and under
+``torch.use_deterministic_algorithms``), and concurrent calls from several Python threads."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import warnings
+
+import pytest
+import torch
+
+import zenattn
+from zenattn.bench.measure import peak_memory
+from zenattn.reference import attention_ref, layer_norm_ref
+
+from parity import ALL_BACKENDS, KERNELS, TEST_DEVICE
+
+CPU_ONLY = pytest.mark.skipif(TEST_DEVICE != "cpu", reason="measures the CPU kernels' host memory")
+
+
+def _available_bytes() -> int:
+    """MemAvailable from /proc/meminfo (0 where there is none)."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def _need_memory(nbytes: int) -> None:
+    have = _available_bytes()
+    if have < nbytes:
+        pytest.skip(f"needs {nbytes / 2**30:.1f} GiB of free memory, this machine has {have / 2**30:.1f} GiB available")
+
+
+# ---- memory ---------------------------------------------------------------------------------------
+
+def _fwd_bwd_peak(backend: str, n: int, heads: int = 1, d: int = 16) -> int:
+    q, k, v = (torch.randn(1, heads, n, d, requires_grad=True) for _ in range(3))
+    dout = torch.randn(1, heads, n, d)
+
+    def step():
+        out = zenattn.attention(q, k, v, causal=True, backend=backend)
+        return torch.autograd.grad(out, (q, k, v), dout)
+    step()  # warm-up: thread pool, lazy initialization
+    return peak_memory(step, torch.device("cpu"))
+
+
+@CPU_ONLY
+def test_attention_memory_grows_linearly_in_n():
+    """Peak memory of one forward+backward (torch's allocator, through torch.profiler) at N = 4k..32k:
+    each doubling of N at most doubles it (plus slack), and at 32k it is a small multiple of the
+    step's own outputs (o, dq, dk, dv, lse: about 8 MiB), where one N x N fp32 score matrix is 4 GiB."""
+    peaks = {n: _fwd_bwd_peak("cpu", n) for n in (4096, 8192, 16384, 32768)}
+    for n in (8192, 16384, 32768):
+        assert peaks[n] <= 2.2 * peaks[n // 2], f"peak memory {peaks}: grows faster than N at N={n}"
+    outputs = 4 * 32768 * 16 * 4 + 32768 * 4
+    assert peaks[32768] <= 3 * outputs, f"peak {peaks[32768] / 2**20:.1f} MiB at N=32768: more than the outputs"
+
+
+@CPU_ONLY
+def test_memory_measurement_sees_quadratic_growth():
+    """The measurement above can fail: the torch backend materializes the N x N scores and its peak
+    grows about 4x per doubling of N."""
+    small, large = _fwd_bwd_peak("torch", 512, heads=4), _fwd_bwd_peak("torch", 1024, heads=4)
+    assert large >= 3.2 * small, (small, large)
+
+
+# ---- past 2^31 elements (int64 offsets) -----------------------------------------------------------
+
+@CPU_ONLY
+def test_layer_norm_over_2_31_elements():
+    rows, hidden = 2**31 // 1024 + 3, 1024      # 2^31 + 3072 elements, bf16: 4 GiB in, 4 GiB out
+    _need_memory(int(2.3 * rows * hidden * 2))
+    x = torch.empty(rows, hidden, dtype=torch.bfloat16)
+    x[:] = 1.0
+    picks = torch.tensor([0, rows // 2, rows - 2, rows - 1])
+    x[picks] = torch.randn(len(picks), hidden).to(torch.bfloat16)  # distinct rows at both ends
+    w, b = torch.randn(hidden).to(torch.bfloat16), torch.randn(hidden).to(torch.bfloat16)
+    y = zenattn.layer_norm(x, (hidden,), w, b, backend="cpu")
+    ref = layer_norm_ref(x[picks].double(), (hidden,), w.double(), b.double())
+    torch.testing.assert_close(y[picks].double(), ref, atol=2e-2, rtol=1e-2)
+    assert torch.equal(y[1], y[rows - 3])          # constant rows in between: the bias
+    del x, y
+
+
+@CPU_ONLY
+def test_attention_over_2_31_elements():
+    """q and out with 2^31 + 2048 elements (8 GiB each in fp32; k and v broadcast over the batch with
+    stride 0, read in place): offsets into q and out pass 2^31."""
+    batch, d = 2**23 + 8, 256
+    _need_memory(int(2.2 * 2 * batch * d * 4))
+    q = torch.empty(batch, 1, 1, d)
+    q[:] = 0.5
+    picks = torch.tensor([0, batch // 2, batch - 1])
+    q[picks] = torch.randn(len(picks), 1, 1, d)
+    k, v = torch.randn(1, 1, 2, d).expand(batch, 1, 2, d), torch.randn(1, 1, 2, d).expand(batch, 1, 2, d)
+    out = zenattn.attention(q, k, v, backend="cpu")
+    ref = attention_ref(q[picks].double(), k[picks].double(), v[picks].double())
+    torch.testing.assert_close(out[picks].double(), ref, atol=1e-5, rtol=1e-5)
+    assert torch.equal(out[1], out[batch - 2])
+    del q, out
+
+
+# ---- determinism ----------------------------------------------------------------------------------
+
+REPEATS = 50
+
+
+def _attention_step(backend: str, deterministic: bool):
+    torch.manual_seed(0)
+    q = torch.randn(2, 4, 33, 16, requires_grad=True)
+    k, v = (torch.randn(2, 2, 47, 16, requires_grad=True) for _ in range(2))
+    dout, mask = torch.randn(2, 4, 33, 16), torch.randn(33, 47)
+
+    def step():
+        torch.manual_seed(1)  # the dropout seed
+        out, lse = zenattn.attention(q, k, v, attn_mask=mask, causal=True, alignment="bottom_right", dropout_p=0.2,
+                                     return_lse=True, deterministic=deterministic, backend=backend)
+        return (out, lse, *torch.autograd.grad((out, lse), (q, k, v), (dout, torch.ones_like(lse))))
+    return step
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+def test_attention_bitwise_repeatable_over_50_runs(backend):
+    """deterministic=True (GQA, so dk/dv are sums over head groups; dropout; a mask): 50 forward and
+    backward passes give bitwise identical outputs, lse and gradients."""
+    step = _attention_step(backend, deterministic=True)
+    first = step()
+    for _ in range(REPEATS - 1):
+        for got, want in zip(step(), first):
+            assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+def test_norm_bitwise_repeatable_over_50_runs(backend):
+    x = torch.randn(67, 300, requires_grad=True)
+    w, b = torch.randn(300, requires_grad=True), torch.randn(300, requires_grad=True)
+    dy = torch.randn(67, 300)
+
+    def step():
+        y = zenattn.layer_norm(x, (300,), w, b, backend=backend)
+        z = zenattn.rms_norm(x, (300,), w, backend=backend)
+        return (y, z, *torch.autograd.grad((y, z), (x, w, b), (dy, dy)))
+    first = step()
+    for _ in range(REPEATS - 1):
+        for got, want in zip(step(), first):
+            assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+def test_deterministic_algorithms_mode(backend, monkeypatch):
+    """Under torch.use_deterministic_algorithms(True), every backend runs without a warning or an
+    error (none of them has a non-deterministic path: no atomics anywhere), repeats bitwise, and the
+    request reaches the kernels as deterministic=True even when the call does not ask."""
+    seen = []
+    real = zenattn.ops.attention.attention_fwd
+
+    def spy(*args):
+        seen.append(args[12])          # the schema's `deterministic`
+        return real(*args)
+    monkeypatch.setattr(zenattn.ops.attention, "attention_fwd", spy)
+    previous = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            step = _attention_step(backend, deterministic=False)
+            first = step()
+            for got, want in zip(step(), first):
+                assert torch.equal(got, want)
+    finally:
+        torch.use_deterministic_algorithms(previous)
+    if backend != "torch":
+        assert seen and all(seen), seen
+
+
+# ---- concurrency ----------------------------------------------------------------------------------
+
+def _work(backend: str, seed: int):
+    g = torch.Generator().manual_seed(seed)
+    n = 20 + seed                                   # a different shape per task
+    q = torch.randn(1, 2, n, 16, generator=g, requires_grad=True)
+    k, v = (torch.randn(1, 2, n + 3, 16, generator=g, requires_grad=True) for _ in range(2))
+    x = torch.randn(n, 96, generator=g, requires_grad=True)
+    w = torch.randn(96, generator=g)
+    out = zenattn.attention(q, k, v, causal=True, backend=backend)
+    y = zenattn.layer_norm(x, (96,), w, None, backend=backend)
+    grads = torch.autograd.grad((out.sum() + y.square().sum()), (q, k, v, x))
+    return (out.detach(), y.detach(), *grads)
+
+
+@pytest.mark.parametrize("backend", KERNELS)
+def test_concurrent_calls_from_threads(backend):
+    """Eight tasks on four Python threads at once (different shapes, so the Triton kernels' caches are
+    filled concurrently) give bitwise the results of running them one after another."""
+    tasks = list(range(8))
+    alone = {t: _work(backend, t) for t in tasks}
+    with concurrent.futures.ThreadPoolExecutor(max_workers=4) as pool:
+        together = dict(zip(tasks, pool.map(lambda t: _work(backend, t), tasks)))
+    for t in tasks:
+        for got, want in zip(together[t], alone[t]):
+            assert torch.equal(got, want), f"task {t}"
