@@ -201,8 +201,13 @@ std::vector<at::Tensor> attention_bwd(const at::Tensor& dout, const at::Tensor& 
   check_cpu_float(out, "out", kAttnOp);
   TORCH_CHECK(dout.sizes() == out_shape && out.sizes() == out_shape, kAttnOp, ": grad_output ", shape_str(dout),
               " and out ", shape_str(out), " must have shape ", at::IntArrayRef(out_shape));
-  TORCH_CHECK(dout.scalar_type() == q.scalar_type() && out.scalar_type() == q.scalar_type(), kAttnOp,
-              ": grad_output and out must have the query's dtype ", q.scalar_type());
+  // out: the forward's output in the query's dtype, or float32 for float16/bfloat16 queries (the
+  // unrounded output the forward also returns, for an exact delta = rowsum(dO * O)).
+  const bool half = q.scalar_type() == at::kHalf || q.scalar_type() == at::kBFloat16;
+  TORCH_CHECK(dout.scalar_type() == q.scalar_type() &&
+              (out.scalar_type() == q.scalar_type() || (half && out.scalar_type() == at::kFloat)), kAttnOp,
+              ": grad_output must have the query's dtype ", q.scalar_type(), " and out that dtype",
+              half ? " or Float" : "", "; got ", dout.scalar_type(), " and ", out.scalar_type());
   TORCH_CHECK(lse.device().is_cpu() && lse.sizes() == at::IntArrayRef({q.size(0), q.size(1), q.size(2)}), kAttnOp,
               ": lse must be a CPU tensor of shape (batch, heads, q_len), got ", shape_str(lse));
   if (dlse.has_value()) {

@@ -34,9 +34,11 @@ SEQ_LENS = [
     2,     # smallest non-trivial softmax
     17,    # odd, shorter than one vector-width multiple of rows
     113,   # prime: partial second block of 64 queries
+    127,   # one short of a backward key block
     128,   # exactly two query blocks, one backward key block
     129,   # one past a backward key block (128): a 1-key tail tile
     1023,  # just under a power of two; two forward key blocks of 512, the second partial
+    1025,  # just over: a one-key third forward block
 ]
 
 
@@ -45,7 +47,7 @@ SEQ_LENS = [
 @pytest.mark.parametrize("seqlen", SEQ_LENS)
 @pytest.mark.parametrize("causal", [False, True])
 def test_attention_seq_lens(backend, seqlen, dtype, causal):
-    B, H = (1, 2) if seqlen >= 1023 else (2, 3)  # smaller batch for the long case
+    B, H = (1, 1) if seqlen >= 1023 else (2, 3)  # smaller batch for the long cases
     q, k, v = make_qkv(B, H, H, seqlen, seqlen, 40, 40, dtype)  # D = 40: not a power of two
     check_parity(q, k, v, dict(causal=causal), dtype, backend)
 

@@ -38,7 +38,8 @@ import triton.language as tl
 from torch import Tensor
 
 from zenattn.triton import interpreting
-from zenattn.triton.common import acc_dtype, dot, round_bf16, stat_dtype, store_rounded, tanh, to_dtype
+from zenattn.triton.common import (acc_dtype, dot, round_bf16, serialized_in_interpreter, stat_dtype, store_rounded,
+                                   tanh, to_dtype)
 
 MAX_HEAD_DIM = 256
 LOG2E = tl.constexpr(1.4426950408889634)  # jit code reads module globals only as constexpr
@@ -457,6 +458,7 @@ def _sizes(q: Tensor, k: Tensor, v: Tensor):
                                                                 BLOCK_DV=_head_dim_block(DV))
 
 
+@serialized_in_interpreter
 def attention_fwd(q: Tensor, k: Tensor, v: Tensor, attn_mask: Optional[Tensor], alibi_slopes: Optional[Tensor],
                   seed: Optional[Tensor], scale: float, softcap: float, window_left: int, window_right: int,
                   bottom_right: bool, dropout_p: float) -> list[Tensor]:
@@ -484,6 +486,7 @@ def attention_fwd(q: Tensor, k: Tensor, v: Tensor, attn_mask: Optional[Tensor], 
     return result()
 
 
+@serialized_in_interpreter
 def attention_bwd(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, dlse: Optional[Tensor],
                   attn_mask: Optional[Tensor], alibi_slopes: Optional[Tensor], seed: Optional[Tensor], scale: float,
                   softcap: float, window_left: int, window_right: int, bottom_right: bool,

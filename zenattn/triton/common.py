@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import functools
+import threading
+
 import torch
 import triton
 import triton.language as tl
@@ -70,3 +73,20 @@ def stat_dtype(dtype: torch.dtype) -> torch.dtype:
 def round_bf16(dtype: torch.dtype) -> bool:
     """Whether stores of ``dtype`` need :func:`round_to_bf16` (bf16 under the interpreter)."""
     return dtype == torch.bfloat16 and interpreting()
+
+
+_INTERPRETER_LOCK = threading.RLock()
+
+
+def serialized_in_interpreter(launcher):
+    """Triton's interpreter keeps the running program's grid position in global state, so two kernels
+    interpreted at once from different Python threads corrupt each other ("x >= grid_dim[0]"). Under
+    the interpreter a launcher wrapped in this runs one at a time; compiled kernels are unaffected."""
+    if not interpreting():
+        return launcher
+
+    @functools.wraps(launcher)
+    def one_at_a_time(*args, **kwargs):
+        with _INTERPRETER_LOCK:
+            return launcher(*args, **kwargs)
+    return one_at_a_time

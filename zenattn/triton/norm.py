@@ -22,7 +22,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from zenattn.triton.common import acc_dtype, round_bf16, round_to_bf16, stat_dtype, store_rounded
+from zenattn.triton.common import (acc_dtype, round_bf16, round_to_bf16, serialized_in_interpreter, stat_dtype,
+                                   store_rounded)
 
 MAX_HIDDEN = 65536      # one row must fit in one program's registers
 BWD_MAX_PROGRAMS = 256  # programs (and partial rows) of the backward; a function of the shape only
@@ -149,6 +150,7 @@ def _warps(block_n: int) -> int:
     return min(max(block_n // 256, 1), 16)
 
 
+@serialized_in_interpreter
 def _norm_fwd(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], residual: Optional[Tensor],
               eps: float, rms: bool):
     n = x.shape[-1]
@@ -173,6 +175,7 @@ def _norm_fwd(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], resid
     return y, s, mean, rstd
 
 
+@serialized_in_interpreter
 def _norm_bwd(dy: Tensor, dsum: Optional[Tensor], x: Tensor, weight: Optional[Tensor],
               mean: Optional[Tensor], rstd: Tensor, has_bias: bool, eps: float, rms: bool):
     n = x.shape[-1]
