@@ -10,6 +10,9 @@
 #include "cpu/blas.h"
 #include "cpu/isa.h"
 #include "cpu/norm.h"
+#ifdef ZENATTN_WITH_CUDA
+#include "cuda/norm.h"
+#endif
 
 #ifndef ZENATTN_VERSION
 #define ZENATTN_VERSION "unknown"
@@ -235,6 +238,16 @@ py::dict build_info() {
 
 PYBIND11_MODULE(_C, m) {
   m.doc() = "zenattn compiled kernels (C++ CPU; CUDA C++ when built with CUDA)";
+#ifdef ZENATTN_WITH_CUDA
+  // The CUDA launchers take the stream as an integer (torch.cuda.current_stream().cuda_stream):
+  // see zenattn/cuda/norm.py, which adapts them to the backend launcher signatures.
+  m.def("cuda_norm_fwd", &zenattn::cuda::norm_fwd, py::arg("x"), py::arg("weight"), py::arg("bias"),
+        py::arg("residual"), py::arg("eps"), py::arg("rms"), py::arg("stream"),
+        "CUDA LayerNorm/RMSNorm forward over (rows, n): returns [y, sum or empty, mean or empty, rstd]");
+  m.def("cuda_norm_bwd", &zenattn::cuda::norm_bwd, py::arg("dy"), py::arg("dsum"), py::arg("x"), py::arg("weight"),
+        py::arg("mean"), py::arg("rstd"), py::arg("has_bias"), py::arg("rms"), py::arg("stream"),
+        "CUDA LayerNorm/RMSNorm backward over (rows, n): returns [dx, dweight or empty, dbias or empty]");
+#endif
   m.def("build_info", &build_info, "How this extension was built and which CPU kernels run here");
   m.def("layer_norm_fwd", &layer_norm_fwd, py::arg("x"), py::arg("weight"), py::arg("bias"),
         py::arg("residual"), py::arg("eps"),

@@ -5,8 +5,8 @@ Against a high-precision reference (float64), a zenattn result may be off by at 
 ``factor`` x the error of PyTorch's own implementation run in the same precision, plus a small
 absolute floor for cases where PyTorch happens to be exact (error 0).
 
-Backends: ``KERNELS`` are the kernel backends of the test device, ``ALL_BACKENDS`` adds the
-pure-PyTorch one. A backend listed here must work: a broken build fails the tests instead of
+Backends: ``KERNELS`` (attention) and ``NORM_KERNELS`` are the kernel backends of the test device,
+``ALL_BACKENDS`` / ``ALL_NORM_BACKENDS`` add the pure-PyTorch one. A backend listed here must work: a broken build fails the tests instead of
 vanishing from them. Adding a backend here adds it to every test that takes ``KERNELS``.
 """
 
@@ -25,17 +25,20 @@ from zenattn.reference import attention_ref, dropout_keep_ref, layer_norm_ref, r
 TEST_DEVICE = os.environ.get("ZENATTN_TEST_DEVICE", "cpu")
 
 
-def kernel_backends(device: str) -> list[str]:
-    """The kernel backends that must pass every test on ``device``: on the CPU the C++ kernels and
-    the Triton kernels in Triton's interpreter; on CUDA the Triton kernels, and the CUDA C++ ones
-    when the extension was built with them."""
+def kernel_backends(device: str, op: str) -> list[str]:
+    """The kernel backends that must pass every test of ``op`` on ``device``: on the CPU the C++
+    kernels and the Triton kernels in Triton's interpreter; on CUDA the Triton kernels, and the CUDA
+    C++ ones where zenattn has them for ``op`` and the extension was built with them."""
     if device == "cpu":
         return ["cpu", "triton"]
-    return ["triton"] + (["cuda"] if zenattn.info()["extension"].get("cuda") else [])
+    cuda_built = bool(zenattn.info()["extension"].get("cuda"))
+    return ["triton"] + (["cuda"] if cuda_built and zenattn.backends.has_kernel("cuda", op) else [])
 
 
-KERNELS = kernel_backends(TEST_DEVICE)
+KERNELS = kernel_backends(TEST_DEVICE, "attention")
 ALL_BACKENDS = KERNELS + ["torch"]
+NORM_KERNELS = kernel_backends(TEST_DEVICE, "layer_norm")
+ALL_NORM_BACKENDS = NORM_KERNELS + ["torch"]
 DROPOUT_SEED = 1234  # torch.manual_seed before the zenattn call, so the keep mask is known
 
 FWD_FACTOR = 2.0    # outputs

@@ -20,7 +20,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from parity import ALL_BACKENDS, check_attention_parity, check_norm_parity, make_x
+from parity import ALL_BACKENDS, ALL_NORM_BACKENDS, check_attention_parity, check_norm_parity, make_x
 
 settings.register_profile("ci", max_examples=30, deadline=None, derandomize=True, print_blob=True,
                           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
@@ -120,7 +120,7 @@ def norm_cases(draw):
     )
 
 
-@pytest.mark.parametrize("backend", ALL_BACKENDS)
+@pytest.mark.parametrize("backend", ALL_NORM_BACKENDS)
 @given(case=norm_cases())
 def test_norm_fuzz(backend, case):
     _count("norm", backend)

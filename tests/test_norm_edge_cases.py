@@ -15,10 +15,10 @@ import torch.nn.functional as F
 import zenattn
 from zenattn.reference import layer_norm_ref, rms_norm_ref
 
-from parity import KERNELS, FWD_FACTOR, GRAD_FACTOR, assert_within_rule
+from parity import NORM_KERNELS, FWD_FACTOR, GRAD_FACTOR, assert_within_rule
 
 
-@pytest.fixture(params=KERNELS)
+@pytest.fixture(params=NORM_KERNELS)
 def norm_backend(request, monkeypatch):
     """Runs a test once per kernel backend, through ZENATTN_BACKEND (triton: the interpreter on CPU)."""
     monkeypatch.setenv("ZENATTN_BACKEND", request.param)

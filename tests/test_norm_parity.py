@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 import zenattn
 
-from parity import ALL_BACKENDS as BACKENDS, check_norm_parity as check_parity, make_x
+from parity import ALL_NORM_BACKENDS as BACKENDS, check_norm_parity as check_parity, make_x
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 

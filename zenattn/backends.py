@@ -143,6 +143,11 @@ def register_check(op: str, check: Callable[[str, tuple], Optional[str]]) -> Non
     _CHECKS[op] = check
 
 
+def has_kernel(backend: str, op: str) -> bool:
+    """Whether zenattn has ``backend`` kernels for ``op`` at all (built and usable here or not)."""
+    return backend == "torch" or op in _LAUNCHERS.get(backend, {})
+
+
 def launchers(backend: str, op: str):
     """The object holding ``backend``'s launchers for ``op`` (e.g. ``zenattn._C`` for cpu)."""
     return _LAUNCHERS[backend][op]()

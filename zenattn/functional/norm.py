@@ -67,6 +67,18 @@ def _fp32(*ts: Optional[Tensor]) -> list[Optional[Tensor]]:
     return [None if t is None else t.float() for t in ts]
 
 
+def _kernel_limits(backend: str, tensors: tuple) -> Optional[str]:
+    """What a kernel backend cannot take, for backends.select (tensors: input, weight, bias, residual)."""
+    x = tensors[0] if tensors else None
+    if backend == "cuda" and x is not None and x.dtype == torch.float64:
+        return "the CUDA C++ norm kernels take float32/float16/bfloat16, not float64"
+    return None
+
+
+for _family in ("layer_norm", "rms_norm"):
+    backends.register_check(_family, _kernel_limits)
+
+
 def _params_like(x: Tensor, *params: Optional[Tensor]) -> list[Optional[Tensor]]:
     """Mixed precision (fp16/bf16 input, fp32 weight and bias, as torch allows): the kernels take
     one dtype, so the parameters are cast to the input's. Shortcut: their gradients are then

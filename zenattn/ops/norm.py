@@ -159,6 +159,12 @@ def _triton_norm():
     return norm
 
 
+def _cuda_norm():
+    from zenattn.cuda import norm  # noqa: PLC0415
+    return norm
+
+
 for _family in ("layer_norm", "rms_norm"):
     backends.register("cpu", _family, backends.extension)
     backends.register("triton", _family, _triton_norm)
+    backends.register("cuda", _family, _cuda_norm)

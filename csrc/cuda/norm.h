@@ -1,0 +1,25 @@
+// Torch-facing launchers of the CUDA LayerNorm / RMSNorm kernels (csrc/cuda/norm.cpp).
+#pragma once
+
+#include <torch/extension.h>
+
+#include <optional>
+#include <vector>
+
+namespace zenattn {
+namespace cuda {
+
+// x (rows, n) with a unit last stride; weight, bias (n); residual like x. Returns
+// [y (rows, n), sum (rows, n) or empty, mean (rows) float32 or empty for RMSNorm, rstd (rows) float32].
+std::vector<at::Tensor> norm_fwd(const at::Tensor& x, const std::optional<at::Tensor>& weight,
+                                 const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& residual,
+                                 double eps, bool rms, int64_t stream);
+
+// dy, dsum, x (rows, n): x is what was normalized (the sum when the residual add was fused). Returns
+// [dx (rows, n) with dsum added, dweight (n) or empty, dbias (n) or empty].
+std::vector<at::Tensor> norm_bwd(const at::Tensor& dy, const std::optional<at::Tensor>& dsum, const at::Tensor& x,
+                                 const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& mean,
+                                 const at::Tensor& rstd, bool has_bias, bool rms, int64_t stream);
+
+}  // namespace cuda
+}  // namespace zenattn

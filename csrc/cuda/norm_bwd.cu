@@ -1,0 +1,102 @@
+// LayerNorm / RMSNorm backward on CUDA: `programs` thread blocks, each taking rows blk,
+// blk + programs, ... With g = dy * w and xhat = (x - mean) * rstd (RMSNorm: x * rstd):
+//   LayerNorm  dx = rstd * (g - mean(g) - xhat * mean(g * xhat))
+//   RMSNorm    dx = rstd * (g - xhat * mean(g * xhat))
+// plus the gradient of the returned sum when the residual add was fused. The weight and bias
+// gradients of a block's rows accumulate in its own fp32 row of dw_part / db_part, each column
+// owned by one thread (no atomics); the caller sums the rows in a fixed order.
+#include "norm_common.cuh"
+
+namespace zenattn {
+namespace cuda {
+namespace {
+
+// 512 (not 1024) threads at most: 128 registers per thread keep the fp32 kernels from spilling.
+constexpr int kBwdMaxThreads = 512;
+
+template <typename T, int V, bool RMS>
+__global__ void __launch_bounds__(kBwdMaxThreads, 1) norm_bwd_kernel(NormBwdParams p) {
+  __shared__ float scratch[32][2];
+  const int64_t n = p.n;
+  const int64_t step = int64_t(blockDim.x) * V;
+  const T* w = static_cast<const T*>(p.w);
+  float* dw = p.dw_part ? p.dw_part + int64_t(blockIdx.x) * n : nullptr;
+  float* db = p.db_part ? p.db_part + int64_t(blockIdx.x) * n : nullptr;
+  for (int64_t row = blockIdx.x; row < p.rows; row += p.programs) {
+    const T* x = static_cast<const T*>(p.x) + row * n;
+    const T* dy = static_cast<const T*>(p.dy) + row * n;
+    const T* dsum = p.dsum ? static_cast<const T*>(p.dsum) + row * n : nullptr;
+    T* dx = static_cast<T*>(p.dx) + row * n;
+    const float mean = RMS ? 0.0f : p.mean[row];
+    const float rstd = p.rstd[row];
+
+    // Pass 1: sum(g * xhat) and sum(g).
+    float acc[2] = {0.0f, 0.0f};
+    for (int64_t j = int64_t(threadIdx.x) * V; j < n; j += step) {
+      float xv[V], g[V], wv[V];
+      load<T, V>(x + j, xv);
+      load<T, V>(dy + j, g);
+      if (w) load<T, V>(w + j, wv);
+#pragma unroll
+      for (int i = 0; i < V; ++i) {
+        if (w) g[i] *= wv[i];
+        acc[0] += g[i] * (xv[i] - mean) * rstd;
+        acc[1] += g[i];
+      }
+    }
+    block_sum<2>(acc, scratch);
+    const float c_gx = acc[0] / float(n), c_g = RMS ? 0.0f : acc[1] / float(n);
+
+    // Pass 2: dx, and this block's weight / bias gradient partials.
+    for (int64_t j = int64_t(threadIdx.x) * V; j < n; j += step) {
+      float xv[V], dyv[V], wv[V], ds[V], out[V];
+      load<T, V>(x + j, xv);
+      load<T, V>(dy + j, dyv);
+      if (w) load<T, V>(w + j, wv);
+      if (dsum) load<T, V>(dsum + j, ds);
+#pragma unroll
+      for (int i = 0; i < V; ++i) {
+        const float xhat = (xv[i] - mean) * rstd;
+        const float g = w ? dyv[i] * wv[i] : dyv[i];
+        out[i] = rstd * (g - c_g - xhat * c_gx);
+        if (dsum) out[i] += ds[i];
+        if (dw) dw[j + i] += dyv[i] * xhat;
+        if (db) db[j + i] += dyv[i];
+      }
+      store<T, V>(dx + j, out);
+    }
+  }
+}
+
+template <typename T>
+cudaError_t launch_typed(const NormBwdParams& p, cudaStream_t stream) {
+  constexpr int kVec = 16 / sizeof(T);
+  const auto aligned = [](const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 == 0; };
+  const bool vec = p.n % kVec == 0 && aligned(p.x) && aligned(p.dy) && aligned(p.dx) &&
+                   (!p.dsum || aligned(p.dsum)) && (!p.w || aligned(p.w));
+  const int threads = norm_threads(p.n, kBwdMaxThreads);
+  const dim3 grid(static_cast<unsigned>(p.programs));
+  if (vec) {
+    if (p.rms) norm_bwd_kernel<T, kVec, true><<<grid, threads, 0, stream>>>(p);
+    else norm_bwd_kernel<T, kVec, false><<<grid, threads, 0, stream>>>(p);
+  } else {
+    if (p.rms) norm_bwd_kernel<T, 1, true><<<grid, threads, 0, stream>>>(p);
+    else norm_bwd_kernel<T, 1, false><<<grid, threads, 0, stream>>>(p);
+  }
+  return cudaGetLastError();
+}
+
+}  // namespace
+
+cudaError_t launch_norm_bwd(const NormBwdParams& p, cudaStream_t stream) {
+  if (p.rows == 0 || p.n == 0) return cudaSuccess;
+  switch (p.dtype) {
+    case DType::kFloat32: return launch_typed<float>(p, stream);
+    case DType::kFloat16: return launch_typed<__half>(p, stream);
+    case DType::kBFloat16: return launch_typed<__nv_bfloat16>(p, stream);
+  }
+  return cudaErrorInvalidValue;
+}
+
+}  // namespace cuda
+}  // namespace zenattn

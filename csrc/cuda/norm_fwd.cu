@@ -1,0 +1,118 @@
+// LayerNorm / RMSNorm forward on CUDA: one thread block per row, fp32 statistics.
+//
+// Pass 1 reads the row (x, or x + residual: that sum is rounded to the dtype, written out and is
+// what gets normalized) and sums it (LayerNorm) or its squares (RMSNorm). LayerNorm's pass 2 sums
+// the squared deviations from the mean (two passes: exact for rows far from zero, such as a mean
+// offset of 1e6, where sum-of-squares formulas cancel). The last pass writes y. Each thread reads
+// the same columns in every pass, so the later passes read what it wrote (the sum) or what the
+// cache holds.
+#include "norm_common.cuh"
+
+namespace zenattn {
+namespace cuda {
+namespace {
+
+constexpr int kFwdMaxThreads = 1024;
+
+template <typename T, int V, bool RMS>
+__global__ void __launch_bounds__(kFwdMaxThreads) norm_fwd_kernel(NormFwdParams p) {
+  __shared__ float scratch[32][1];
+  const int64_t row = blockIdx.x;
+  const int64_t n = p.n;
+  const T* x = static_cast<const T*>(p.x) + row * p.x_row_stride;
+  const T* res = p.res ? static_cast<const T*>(p.res) + row * p.res_row_stride : nullptr;
+  T* sum = p.res ? static_cast<T*>(p.sum) + row * n : nullptr;
+  const T* src = res ? sum : x;  // what the later passes read
+  const T* w = static_cast<const T*>(p.w);
+  const T* b = static_cast<const T*>(p.b);
+  T* y = static_cast<T*>(p.y) + row * n;
+  const int64_t step = int64_t(blockDim.x) * V;
+
+  // Pass 1: the sum (LayerNorm; of v - shift, the row's first value, so that a row far from zero
+  // sums small numbers) or the sum of squares (RMSNorm); writes x + res.
+  const float shift = RMS ? 0.0f
+                          : res ? to_float(from_float<T>(to_float(x[0]) + to_float(res[0]))) : to_float(x[0]);
+  float acc[1] = {0.0f};
+  for (int64_t j = int64_t(threadIdx.x) * V; j < n; j += step) {
+    float v[V];
+    load<T, V>(x + j, v);
+    if (res) {
+      float r[V];
+      load<T, V>(res + j, r);
+#pragma unroll
+      for (int i = 0; i < V; ++i) v[i] = to_float(from_float<T>(v[i] + r[i]));  // the sum in T
+      store<T, V>(sum + j, v);
+    }
+#pragma unroll
+    for (int i = 0; i < V; ++i) acc[0] += RMS ? v[i] * v[i] : v[i] - shift;
+  }
+  block_sum<1>(acc, scratch);
+  float mean = 0.0f, rstd;
+  if (RMS) {
+    rstd = rsqrtf(acc[0] / float(n) + p.eps);
+  } else {
+    mean = shift + acc[0] / float(n);
+    float dev[1] = {0.0f};
+    for (int64_t j = int64_t(threadIdx.x) * V; j < n; j += step) {
+      float v[V];
+      load<T, V>(src + j, v);
+#pragma unroll
+      for (int i = 0; i < V; ++i) dev[0] += (v[i] - mean) * (v[i] - mean);
+    }
+    block_sum<1>(dev, scratch);
+    rstd = rsqrtf(dev[0] / float(n) + p.eps);
+  }
+  if (threadIdx.x == 0) {
+    p.rstd[row] = rstd;
+    if (!RMS) p.mean[row] = mean;
+  }
+
+  // Last pass: y = (v - mean) * rstd * w + b.
+  for (int64_t j = int64_t(threadIdx.x) * V; j < n; j += step) {
+    float v[V], wv[V], bv[V];
+    load<T, V>(src + j, v);
+    if (w) load<T, V>(w + j, wv);
+    if (b) load<T, V>(b + j, bv);
+#pragma unroll
+    for (int i = 0; i < V; ++i) {
+      v[i] = (v[i] - mean) * rstd;
+      if (w) v[i] *= wv[i];
+      if (b) v[i] += bv[i];
+    }
+    store<T, V>(y + j, v);
+  }
+}
+
+template <typename T>
+cudaError_t launch_typed(const NormFwdParams& p, cudaStream_t stream) {
+  constexpr int kVec = 16 / sizeof(T);
+  const auto aligned = [](const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 == 0; };
+  const bool vec = p.n % kVec == 0 && p.x_row_stride % kVec == 0 && aligned(p.x) && aligned(p.y) &&
+                   (!p.res || (p.res_row_stride % kVec == 0 && aligned(p.res) && aligned(p.sum))) &&
+                   (!p.w || aligned(p.w)) && (!p.b || aligned(p.b));
+  const int threads = norm_threads(p.n, kFwdMaxThreads);
+  const dim3 grid(static_cast<unsigned>(p.rows));
+  if (vec) {
+    if (p.rms) norm_fwd_kernel<T, kVec, true><<<grid, threads, 0, stream>>>(p);
+    else norm_fwd_kernel<T, kVec, false><<<grid, threads, 0, stream>>>(p);
+  } else {
+    if (p.rms) norm_fwd_kernel<T, 1, true><<<grid, threads, 0, stream>>>(p);
+    else norm_fwd_kernel<T, 1, false><<<grid, threads, 0, stream>>>(p);
+  }
+  return cudaGetLastError();
+}
+
+}  // namespace
+
+cudaError_t launch_norm_fwd(const NormFwdParams& p, cudaStream_t stream) {
+  if (p.rows == 0 || p.n == 0) return cudaSuccess;
+  switch (p.dtype) {
+    case DType::kFloat32: return launch_typed<float>(p, stream);
+    case DType::kFloat16: return launch_typed<__half>(p, stream);
+    case DType::kBFloat16: return launch_typed<__nv_bfloat16>(p, stream);
+  }
+  return cudaErrorInvalidValue;
+}
+
+}  // namespace cuda
+}  // namespace zenattn
