@@ -9,7 +9,8 @@ the prose around them is written by hand. Blocks:
 - ``harness``: every ``bench-*.json`` run of ``zenattn-bench`` (device, date, versions, ceilings; per
   case zenattn's fastest backend against the fastest other correct provider);
 - ``norm-targets``, ``attention-targets``, ``attention-memory``, ``model-targets``: the target runs of
-  benchmarks/bench_norm.py, bench_attention.py and bench_model.py, two runs side by side ("a / b").
+  benchmarks/bench_norm.py, bench_attention.py and bench_model.py, every committed run side by side
+  ("a / b / ...").
 """
 
 from __future__ import annotations
@@ -33,8 +34,14 @@ def _link(stem: str, label: str) -> str:
     return f"[{label}](benchmarks/results/{stem}.md)"
 
 
-def _pair(stem: str) -> tuple[dict, dict]:
-    return _load(f"{stem}-run-a.json"), _load(f"{stem}-run-b.json")
+def _runs(stem: str) -> list[tuple[str, dict]]:
+    """(letter, results) of every committed run ``<stem>-run-<letter>.json``, in order."""
+    paths = sorted(RESULTS.glob(f"{stem}-run-*.json"))
+    return [(p.stem.rsplit("-", 1)[1], json.loads(p.read_text())) for p in paths]
+
+
+def _runs_sentence(stem: str, runs: list) -> str:
+    return "Runs " + ", ".join(f"{_link(f'{stem}-run-{k}', k)} ({d['meta']['date'][:16]})" for k, d in runs)
 
 
 def _versions(meta: dict) -> str:
@@ -78,56 +85,54 @@ def harness() -> str:
 
 # --- the target runs of the per-op scripts -------------------------------------------------------
 
-def _ab(a: float, b: float) -> str:
-    return f"{a:.2f}x / {b:.2f}x"
+def _cell(values: list) -> str:
+    return " / ".join(f"{v:.2f}x" for v in values)
 
 
 def norm_targets() -> str:
-    a, b = _pair("norm-cpu-2026-11-29")
+    stem = "norm-cpu-2026-11-29"
+    runs = _runs(stem)
     cols = [(4096, 1024, "fp32"), (4096, 1024, "bf16"), (8192, 4096, "fp32"), (8192, 4096, "bf16")]
-    index = {run: {(r["op"], r["mode"], r["rows"], r["hidden"], r["dtype"]): r for r in d["results"]}
-             for run, d in (("a", a), ("b", b))}
-    out = [f"Runs {_link('norm-cpu-2026-11-29-run-a', 'a')} ({a['meta']['date'][:16]}) and "
-           f"{_link('norm-cpu-2026-11-29-run-b', 'b')} ({b['meta']['date'][:16]}): {a['meta']['device']}; "
-           f"{_versions(a['meta'])}, {a['meta']['cpu_isa']} kernels. Cell: torch's time / zenattn's, "
-           "run a / run b (target in brackets).", "",
+    index = [{(r["op"], r["mode"], r["rows"], r["hidden"], r["dtype"]): r for r in d["results"]} for _, d in runs]
+    first = runs[0][1]
+    out = [f"{_runs_sentence(stem, runs)}: {first['meta']['device']}; {_versions(first['meta'])}, "
+           f"{first['meta']['cpu_isa']} kernels. Cell: torch's time / zenattn's, run "
+           f"{' / '.join(k for k, _ in runs)} (target in brackets).", "",
            "| op | mode | " + " | ".join(f"{r}×{h} {d}" for r, h, d in cols) + " |", "|---|---" + "|---" * len(cols) + "|"]
     for op in ("layer_norm", "rms_norm"):
         for mode in ("fwd", "fwd+bwd"):
             cells = []
             for rows, hidden, dtype in cols:
-                ra, rb = (index[run][(op, mode, rows, hidden, dtype)] for run in ("a", "b"))
-                target = f" (≥{ra['target_speedup']:.1f})" if ra["target_speedup"] is not None else ""
-                cells.append(_ab(ra["speedup"], rb["speedup"]) + target)
+                rs = [ix[(op, mode, rows, hidden, dtype)] for ix in index]
+                target = f" (≥{rs[0]['target_speedup']:.1f})" if rs[0]["target_speedup"] is not None else ""
+                cells.append(_cell([r["speedup"] for r in rs]) + target)
             out.append(f"| {op} | {mode} | " + " | ".join(cells) + " |")
     return "\n".join(out)
 
 
 def attention_targets() -> str:
-    a, b = _pair("attention-cpu-2026-11-29")
+    stem = "attention-cpu-2026-11-29"
+    runs = _runs(stem)
     cols = [(1024, 64), (1024, 128), (4096, 64), (4096, 128)]
-    index = {run: {(r["mode"], r["dtype"], r["causal"], r["n"], r["d"]): r for r in d["results"]}
-             for run, d in (("a", a), ("b", b))}
-    out = [f"Runs {_link('attention-cpu-2026-11-29-run-a', 'a')} ({a['meta']['date'][:16]}) and "
-           f"{_link('attention-cpu-2026-11-29-run-b', 'b')} ({b['meta']['date'][:16]}): {a['meta']['device']}; "
-           f"{_versions(a['meta'])}; {a['meta']['shape']}. Cell: torch SDPA's time / zenattn's, run a / run b; "
-           f"all {len(a['results'])} cases of each run are in the files.", "",
+    index = [{(r["mode"], r["dtype"], r["causal"], r["n"], r["d"]): r for r in d["results"]} for _, d in runs]
+    first = runs[0][1]
+    out = [f"{_runs_sentence(stem, runs)}: {first['meta']['device']}; {_versions(first['meta'])}; "
+           f"{first['meta']['shape']}. Cell: torch SDPA's time / zenattn's, run {' / '.join(k for k, _ in runs)}; "
+           f"all {len(first['results'])} cases of each run are in the files.", "",
            "| mode | dtype | causal | " + " | ".join(f"N={n} D={d}" for n, d in cols) + " | target |",
            "|---|---|---" + "|---" * len(cols) + "|---|"]
     for mode in ("fwd", "fwd+bwd"):
         for dtype in ("fp32", "bf16"):
             for causal in (False, True):
-                cells = [_ab(index["a"][(mode, dtype, causal, n, d)]["speedup"],
-                             index["b"][(mode, dtype, causal, n, d)]["speedup"]) for n, d in cols]
-                target = index["a"][(mode, dtype, causal, 1024, 64)]["target_speedup"]
+                cells = [_cell([ix[(mode, dtype, causal, n, d)]["speedup"] for ix in index]) for n, d in cols]
+                target = index[0][(mode, dtype, causal, 1024, 64)]["target_speedup"]
                 out.append(f"| {mode} | {dtype} | {'yes' if causal else 'no'} | " + " | ".join(cells) +
                            f" | {'≥%.1f' % target if target is not None else '–'} |")
     return "\n".join(out)
 
 
 def attention_memory() -> str:
-    a, _ = _pair("attention-cpu-2026-11-29")
-    rows = a["memory"]
+    rows = _runs("attention-cpu-2026-11-29")[0][1]["memory"]
     out = ["Peak memory of one fp32 forward+backward (B=1, H=8, D=64, non-causal; run a; fresh subprocess, "
            "peak RSS minus the RSS with the inputs allocated; includes the outputs o, dq, dk, dv):", "",
            "| N | zenattn (MiB) | torch SDPA (MiB) | o+dq+dk+dv (MiB) | zenattn growth vs N/2 |", "|---|---|---|---|---|"]
@@ -141,16 +146,20 @@ def attention_memory() -> str:
 
 
 def model_targets() -> str:
-    a, b = _pair("model-cpu-2026-11-29")
+    stem = "model-cpu-2026-11-29"
+    runs = _runs(stem)
     targets = {"fp32": 1.1, "bf16": 1.5}
-    out = [f"Runs {_link('model-cpu-2026-11-29-run-a', 'a')} and {_link('model-cpu-2026-11-29-run-b', 'b')} "
-           f"({a['meta']['date']}): {_versions(a['meta'])}. One training step (forward, loss, backward, "
-           "clipping, AdamW); speed-up = torch modules' median step / zenattn modules'.", "",
-           "| preset | dtype | B × L | speed-up run a / run b | target | zenattn MFU a / b |", "|---|---|---|---|---|---|"]
-    for ra, rb in zip(a["rows"], b["rows"]):
-        out.append(f"| {ra['preset']} | {ra['dtype']} | {ra['batch']} × {ra['seq_len']} | "
-                   f"{_ab(ra['speedup'], rb['speedup'])} | ≥{targets[ra['dtype']]} | "
-                   f"{ra['zenattn']['mfu']:.1%} / {rb['zenattn']['mfu']:.1%} |")
+    first = runs[0][1]
+    letters = " / ".join(k for k, _ in runs)
+    out = [f"{_runs_sentence(stem, runs)}: {_versions(first['meta'])}. One training step (forward, loss, "
+           "backward, clipping, AdamW); speed-up = torch modules' median step / zenattn modules'.", "",
+           f"| preset | dtype | B × L | speed-up run {letters} | target | zenattn MFU run {letters} |",
+           "|---|---|---|---|---|---|"]
+    for i, r in enumerate(first["rows"]):
+        rs = [d["rows"][i] for _, d in runs]
+        out.append(f"| {r['preset']} | {r['dtype']} | {r['batch']} × {r['seq_len']} | "
+                   f"{_cell([x['speedup'] for x in rs])} | ≥{targets[r['dtype']]} | "
+                   + " / ".join(f"{x['zenattn']['mfu']:.1%}" for x in rs) + " |")
     return "\n".join(out)
 
 
