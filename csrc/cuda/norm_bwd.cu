@@ -68,34 +68,18 @@ __global__ void __launch_bounds__(kBwdMaxThreads, 1) norm_bwd_kernel(NormBwdPara
   }
 }
 
-template <typename T>
-cudaError_t launch_typed(const NormBwdParams& p, cudaStream_t stream) {
-  constexpr int kVec = 16 / sizeof(T);
-  const auto aligned = [](const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 == 0; };
-  const bool vec = p.n % kVec == 0 && aligned(p.x) && aligned(p.dy) && aligned(p.dx) &&
-                   (!p.dsum || aligned(p.dsum)) && (!p.w || aligned(p.w));
-  const int threads = norm_threads(p.n, kBwdMaxThreads);
-  const dim3 grid(static_cast<unsigned>(p.programs));
-  if (vec) {
-    if (p.rms) norm_bwd_kernel<T, kVec, true><<<grid, threads, 0, stream>>>(p);
-    else norm_bwd_kernel<T, kVec, false><<<grid, threads, 0, stream>>>(p);
-  } else {
-    if (p.rms) norm_bwd_kernel<T, 1, true><<<grid, threads, 0, stream>>>(p);
-    else norm_bwd_kernel<T, 1, false><<<grid, threads, 0, stream>>>(p);
-  }
-  return cudaGetLastError();
-}
-
 }  // namespace
 
 cudaError_t launch_norm_bwd(const NormBwdParams& p, cudaStream_t stream) {
   if (p.rows == 0 || p.n == 0) return cudaSuccess;
-  switch (p.dtype) {
-    case DType::kFloat32: return launch_typed<float>(p, stream);
-    case DType::kFloat16: return launch_typed<__half>(p, stream);
-    case DType::kBFloat16: return launch_typed<__nv_bfloat16>(p, stream);
-  }
-  return cudaErrorInvalidValue;
+  return dispatch_dtype(p.dtype, [&](auto zero) {
+    using T = decltype(zero);
+    const bool vec = p.n % (16 / sizeof(T)) == 0 && aligned16(p.x) && aligned16(p.dy) && aligned16(p.dx) &&
+                     (!p.dsum || aligned16(p.dsum)) && (!p.w || aligned16(p.w));
+    const dim3 grid(static_cast<unsigned>(p.programs));
+    ZENATTN_LAUNCH_NORM_KERNEL(norm_bwd_kernel, T, vec, grid, norm_threads(p.n, kBwdMaxThreads), stream, p);
+    return cudaGetLastError();
+  });
 }
 
 }  // namespace cuda

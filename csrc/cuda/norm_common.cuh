@@ -67,5 +67,32 @@ __device__ __forceinline__ void block_sum(float (&v)[K], float (*scratch)[K]) {
   }
 }
 
+inline bool aligned16(const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 == 0; }
+
+// f(T{}) for the element type T of `dtype`: the launchers' one dtype switch.
+template <typename F>
+cudaError_t dispatch_dtype(DType dtype, F&& f) {
+  switch (dtype) {
+    case DType::kFloat32: return f(float{});
+    case DType::kFloat16: return f(__half{});
+    case DType::kBFloat16: return f(__nv_bfloat16{});
+  }
+  return cudaErrorInvalidValue;
+}
+
 }  // namespace cuda
 }  // namespace zenattn
+
+// kernel<T, V, RMS><<<grid, threads, 0, stream>>>(p) with V = 16 / sizeof(T) (128-bit accesses) when
+// `vec`, else 1, and RMS from p.rms: the four instantiations each norm kernel is launched through.
+#define ZENATTN_LAUNCH_NORM_KERNEL(kernel, T, vec, grid, threads, stream, p)       \
+  do {                                                                            \
+    constexpr int kPack = 16 / sizeof(T);                                         \
+    if (vec) {                                                                    \
+      if ((p).rms) kernel<T, kPack, true><<<grid, threads, 0, stream>>>(p);       \
+      else kernel<T, kPack, false><<<grid, threads, 0, stream>>>(p);              \
+    } else {                                                                      \
+      if ((p).rms) kernel<T, 1, true><<<grid, threads, 0, stream>>>(p);           \
+      else kernel<T, 1, false><<<grid, threads, 0, stream>>>(p);                  \
+    }                                                                             \
+  } while (0)

@@ -83,35 +83,20 @@ __global__ void __launch_bounds__(kFwdMaxThreads) norm_fwd_kernel(NormFwdParams 
   }
 }
 
-template <typename T>
-cudaError_t launch_typed(const NormFwdParams& p, cudaStream_t stream) {
-  constexpr int kVec = 16 / sizeof(T);
-  const auto aligned = [](const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 == 0; };
-  const bool vec = p.n % kVec == 0 && p.x_row_stride % kVec == 0 && aligned(p.x) && aligned(p.y) &&
-                   (!p.res || (p.res_row_stride % kVec == 0 && aligned(p.res) && aligned(p.sum))) &&
-                   (!p.w || aligned(p.w)) && (!p.b || aligned(p.b));
-  const int threads = norm_threads(p.n, kFwdMaxThreads);
-  const dim3 grid(static_cast<unsigned>(p.rows));
-  if (vec) {
-    if (p.rms) norm_fwd_kernel<T, kVec, true><<<grid, threads, 0, stream>>>(p);
-    else norm_fwd_kernel<T, kVec, false><<<grid, threads, 0, stream>>>(p);
-  } else {
-    if (p.rms) norm_fwd_kernel<T, 1, true><<<grid, threads, 0, stream>>>(p);
-    else norm_fwd_kernel<T, 1, false><<<grid, threads, 0, stream>>>(p);
-  }
-  return cudaGetLastError();
-}
-
 }  // namespace
 
 cudaError_t launch_norm_fwd(const NormFwdParams& p, cudaStream_t stream) {
   if (p.rows == 0 || p.n == 0) return cudaSuccess;
-  switch (p.dtype) {
-    case DType::kFloat32: return launch_typed<float>(p, stream);
-    case DType::kFloat16: return launch_typed<__half>(p, stream);
-    case DType::kBFloat16: return launch_typed<__nv_bfloat16>(p, stream);
-  }
-  return cudaErrorInvalidValue;
+  return dispatch_dtype(p.dtype, [&](auto zero) {
+    using T = decltype(zero);
+    constexpr int64_t kVec = 16 / sizeof(T);
+    const bool vec = p.n % kVec == 0 && p.x_row_stride % kVec == 0 && aligned16(p.x) && aligned16(p.y) &&
+                     (!p.res || (p.res_row_stride % kVec == 0 && aligned16(p.res) && aligned16(p.sum))) &&
+                     (!p.w || aligned16(p.w)) && (!p.b || aligned16(p.b));
+    const dim3 grid(static_cast<unsigned>(p.rows));
+    ZENATTN_LAUNCH_NORM_KERNEL(norm_fwd_kernel, T, vec, grid, norm_threads(p.n, kFwdMaxThreads), stream, p);
+    return cudaGetLastError();
+  });
 }
 
 }  // namespace cuda
