@@ -270,6 +270,11 @@ def test_cli_rejects_bad_arguments_with_a_message():
     assert proc.returncode != 0 and "invalid choice: 'conv'" in proc.stderr
     proc = _cli("--providers", "nope", "--sweep", "quick", "--ops", "rms_norm")
     assert proc.returncode != 0 and "unknown providers ['nope']" in proc.stderr
+    if not torch.cuda.is_available():
+        proc = _cli("--device", "cuda", "--sweep", "quick")
+        assert proc.returncode != 0 and "torch sees no CUDA device here" in proc.stderr
+    proc = _cli("--device", "tpu", "--sweep", "quick")
+    assert proc.returncode != 0 and "--device" in proc.stderr
 
 
 def test_default_run_finishes_in_under_three_minutes(tmp_path):

@@ -79,7 +79,14 @@ def main(argv=None) -> int:
     except ImportError:
         sys.exit("zenattn-bench needs rich: pip install 'zenattn[bench]'")
     console = Console(width=max(160, Console().width))
-    device = bench.default_device() if args.device is None else torch.device(args.device)
+    try:
+        device = bench.default_device() if args.device is None else torch.device(args.device)
+    except RuntimeError as e:
+        sys.exit(f"zenattn-bench: --device {args.device!r}: {e}")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        sys.exit("zenattn-bench: --device cuda, but torch sees no CUDA device here")
+    if device.type not in ("cpu", "cuda"):
+        sys.exit(f"zenattn-bench: --device must be cpu or cuda, got {args.device!r}")
     if args.list_providers:
         return _list_providers(console, device)
     overrides = {}
