@@ -245,7 +245,7 @@ PYBIND11_MODULE(_C, m) {
         py::arg("residual"), py::arg("eps"), py::arg("rms"), py::arg("stream"),
         "CUDA LayerNorm/RMSNorm forward over (rows, n): returns [y, sum or empty, mean or empty, rstd]");
   m.def("cuda_norm_bwd", &zenattn::cuda::norm_bwd, py::arg("dy"), py::arg("dsum"), py::arg("x"), py::arg("weight"),
-        py::arg("mean"), py::arg("rstd"), py::arg("has_bias"), py::arg("rms"), py::arg("stream"),
+        py::arg("mean"), py::arg("rstd"), py::arg("has_bias"), py::arg("rms"), py::arg("eps"), py::arg("stream"),
         "CUDA LayerNorm/RMSNorm backward over (rows, n): returns [dx, dweight or empty, dbias or empty]");
 #endif
   m.def("build_info", &build_info, "How this extension was built and which CPU kernels run here");

@@ -1,7 +1,9 @@
 // Torch-facing launchers of the CUDA norm kernels: input checks with messages that name the
 // argument, output allocation, then csrc/cuda/norm_fwd.cu / norm_bwd.cu on the stream the caller
-// passes (torch.cuda.current_stream().cuda_stream). Includes only torch/extension.h and the CUDA
-// runtime, so it compiles without a GPU against a CPU torch (DESIGN.md section 7).
+// passes, which must be torch's current stream of the input's device
+// (torch.cuda.current_stream().cuda_stream): allocations and the final sums run there too.
+// Includes only torch/extension.h and the CUDA runtime, so it compiles without a GPU against a
+// CPU torch (DESIGN.md section 7).
 #include "cuda/norm.h"
 
 #include <climits>
@@ -86,7 +88,7 @@ std::vector<at::Tensor> norm_fwd(const at::Tensor& x, const std::optional<at::Te
 
 std::vector<at::Tensor> norm_bwd(const at::Tensor& dy, const std::optional<at::Tensor>& dsum, const at::Tensor& x,
                                  const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& mean,
-                                 const at::Tensor& rstd, bool has_bias, bool rms, int64_t stream) {
+                                 const at::Tensor& rstd, bool has_bias, bool rms, double eps, int64_t stream) {
   TORCH_CHECK(x.is_cuda(), kOp, ": input is on ", x.device(), ", expected a CUDA device");
   TORCH_CHECK(x.dim() == 2, kOp, ": input must be (rows, n), got shape ", x.sizes());
   const DType dtype = dtype_of(x, "input");
@@ -94,10 +96,11 @@ std::vector<at::Tensor> norm_bwd(const at::Tensor& dy, const std::optional<at::T
   check_like(dy, x, x.sizes(), "grad_output");
   if (dsum) check_like(*dsum, x, x.sizes(), "grad of the sum");
   if (weight) check_like(*weight, x, {n}, "weight");
-  TORCH_CHECK(rstd.is_cuda() && rstd.scalar_type() == at::kFloat && rstd.numel() == rows, kOp,
-              ": rstd must be float32 with ", rows, " elements on the input's device");
-  TORCH_CHECK(rms || (mean && mean->is_cuda() && mean->scalar_type() == at::kFloat && mean->numel() == rows),
-              kOp, ": LayerNorm's backward needs the float32 mean of each of the ", rows, " rows");
+  TORCH_CHECK(rstd.device() == x.device() && rstd.scalar_type() == at::kFloat && rstd.numel() == rows, kOp,
+              ": rstd must be float32 with ", rows, " elements on ", x.device());
+  TORCH_CHECK(rms || (mean && mean->device() == x.device() && mean->scalar_type() == at::kFloat &&
+                      mean->numel() == rows),
+              kOp, ": LayerNorm's backward needs the float32 mean of each of the ", rows, " rows on ", x.device());
   const at::Tensor xc = x.contiguous(), dyc = dy.contiguous();
   const at::Tensor dsc = dsum ? dsum->contiguous() : at::Tensor();
   const at::Tensor wt = weight ? weight->contiguous() : at::Tensor();
@@ -105,8 +108,11 @@ std::vector<at::Tensor> norm_bwd(const at::Tensor& dy, const std::optional<at::T
   const int64_t programs = std::max<int64_t>(1, std::min(rows, kBwdPrograms));
   const auto part = x.options().dtype(at::kFloat);
   at::Tensor dx = at::empty({rows, n}, x.options());
-  at::Tensor dw_part = weight ? at::zeros({programs, n}, part) : at::Tensor();
-  at::Tensor db_part = has_bias ? at::zeros({programs, n}, part) : at::Tensor();
+  // The kernel writes every partial row (rows >= 1); with no rows the gradients are zeros.
+  const auto partials = [&](bool wanted) {
+    return !wanted ? at::Tensor() : rows > 0 ? at::empty({programs, n}, part) : at::zeros({programs, n}, part);
+  };
+  at::Tensor dw_part = partials(weight.has_value()), db_part = partials(has_bias);
 
   NormBwdParams p{};
   p.dtype = dtype;
@@ -114,6 +120,7 @@ std::vector<at::Tensor> norm_bwd(const at::Tensor& dy, const std::optional<at::T
   p.rows = rows;
   p.n = n;
   p.programs = programs;
+  p.eps = static_cast<float>(eps);
   p.dy = dyc.data_ptr();
   p.dsum = dsc.defined() ? dsc.data_ptr() : nullptr;
   p.x = xc.data_ptr();

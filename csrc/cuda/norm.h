@@ -16,10 +16,11 @@ std::vector<at::Tensor> norm_fwd(const at::Tensor& x, const std::optional<at::Te
                                  double eps, bool rms, int64_t stream);
 
 // dy, dsum, x (rows, n): x is what was normalized (the sum when the residual add was fused). Returns
-// [dx (rows, n) with dsum added, dweight (n) or empty, dbias (n) or empty].
+// [dx (rows, n) with dsum added, dweight (n) or empty, dbias (n) or empty]. eps: RMSNorm's (for
+// one column, where dx = g * eps * rstd^3). `stream` must be torch's current stream of x's device.
 std::vector<at::Tensor> norm_bwd(const at::Tensor& dy, const std::optional<at::Tensor>& dsum, const at::Tensor& x,
                                  const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& mean,
-                                 const at::Tensor& rstd, bool has_bias, bool rms, int64_t stream);
+                                 const at::Tensor& rstd, bool has_bias, bool rms, double eps, int64_t stream);
 
 }  // namespace cuda
 }  // namespace zenattn

@@ -4,7 +4,8 @@
 //   RMSNorm    dx = rstd * (g - xhat * mean(g * xhat))
 // plus the gradient of the returned sum when the residual add was fused. The weight and bias
 // gradients of a block's rows accumulate in its own fp32 row of dw_part / db_part, each column
-// owned by one thread (no atomics); the caller sums the rows in a fixed order.
+// owned by one thread (no atomics; the block's first row writes, the later ones add); the caller
+// sums the rows in a fixed order.
 #include "norm_common.cuh"
 
 namespace zenattn {
@@ -54,14 +55,16 @@ __global__ void __launch_bounds__(kBwdMaxThreads, 1) norm_bwd_kernel(NormBwdPara
       load<T, V>(dy + j, dyv);
       if (w) load<T, V>(w + j, wv);
       if (dsum) load<T, V>(dsum + j, ds);
+      const bool first = row == int64_t(blockIdx.x);  // the block's first row writes its partials
 #pragma unroll
       for (int i = 0; i < V; ++i) {
         const float xhat = (xv[i] - mean) * rstd;
         const float g = w ? dyv[i] * wv[i] : dyv[i];
-        out[i] = rstd * (g - c_g - xhat * c_gx);
+        // RMSNorm over one column: 1 - xhat^2 cancels in fp32; its exact value is eps * rstd^2.
+        out[i] = RMS && n == 1 ? g * p.eps * rstd * rstd * rstd : rstd * (g - c_g - xhat * c_gx);
         if (dsum) out[i] += ds[i];
-        if (dw) dw[j + i] += dyv[i] * xhat;
-        if (db) db[j + i] += dyv[i];
+        if (dw) dw[j + i] = (first ? 0.0f : dw[j + i]) + dyv[i] * xhat;
+        if (db) db[j + i] = (first ? 0.0f : db[j + i]) + dyv[i];
       }
       store<T, V>(dx + j, out);
     }

@@ -47,27 +47,32 @@ __global__ void __launch_bounds__(kFwdMaxThreads) norm_fwd_kernel(NormFwdParams 
     for (int i = 0; i < V; ++i) acc[0] += RMS ? v[i] * v[i] : v[i] - shift;
   }
   block_sum<1>(acc, scratch);
-  float mean = 0.0f, rstd;
+  // Deviations are taken as (v - shift) - delta, never v - mean: the mean rounded to fp32 is off by
+  // up to half its spacing (0.03 at 1e6), which would land on every deviation.
+  float delta = 0.0f, rstd;
   if (RMS) {
     rstd = rsqrtf(acc[0] / float(n) + p.eps);
   } else {
-    mean = shift + acc[0] / float(n);
+    delta = acc[0] / float(n);
     float dev[1] = {0.0f};
     for (int64_t j = int64_t(threadIdx.x) * V; j < n; j += step) {
       float v[V];
       load<T, V>(src + j, v);
 #pragma unroll
-      for (int i = 0; i < V; ++i) dev[0] += (v[i] - mean) * (v[i] - mean);
+      for (int i = 0; i < V; ++i) {
+        const float c = (v[i] - shift) - delta;
+        dev[0] += c * c;
+      }
     }
     block_sum<1>(dev, scratch);
     rstd = rsqrtf(dev[0] / float(n) + p.eps);
   }
   if (threadIdx.x == 0) {
     p.rstd[row] = rstd;
-    if (!RMS) p.mean[row] = mean;
+    if (!RMS) p.mean[row] = shift + delta;
   }
 
-  // Last pass: y = (v - mean) * rstd * w + b.
+  // Last pass: y = ((v - shift) - delta) * rstd * w + b  (shift = delta = 0 for RMSNorm).
   for (int64_t j = int64_t(threadIdx.x) * V; j < n; j += step) {
     float v[V], wv[V], bv[V];
     load<T, V>(src + j, v);
@@ -75,7 +80,7 @@ __global__ void __launch_bounds__(kFwdMaxThreads) norm_fwd_kernel(NormFwdParams 
     if (b) load<T, V>(b + j, bv);
 #pragma unroll
     for (int i = 0; i < V; ++i) {
-      v[i] = (v[i] - mean) * rstd;
+      v[i] = ((v[i] - shift) - delta) * rstd;
       if (w) v[i] *= wv[i];
       if (b) v[i] += bv[i];
     }

@@ -32,13 +32,15 @@ struct NormFwdParams {
   float eps;
 };
 
-// Backward over `programs` thread blocks, each taking rows blk, blk + programs, ...: dx of every
-// row, and the weight / bias gradients of its rows as float32 partials (programs, n) that the caller
-// sums in a fixed order (deterministic: no atomics).
+// Backward over `programs` thread blocks (1 <= programs <= rows), each taking rows blk,
+// blk + programs, ...: dx of every row, and the weight / bias gradients of its rows as float32
+// partials (programs, n), written (not accumulated: no zero-fill needed) from the block's first
+// row on; the caller sums them in a fixed order (deterministic: no atomics).
 struct NormBwdParams {
   DType dtype;
   bool rms;
   int64_t rows, n, programs;
+  float eps;               // RMSNorm with n == 1 needs it: dx = g * eps * rstd^3 exactly
   const void* dy;          // (rows, n) contiguous
   const void* dsum;        // gradient of the returned sum (rows, n), or null
   const void* x;           // the normalized input (x + res when fused), contiguous
@@ -46,8 +48,8 @@ struct NormBwdParams {
   const float* mean;       // LayerNorm only
   const float* rstd;
   void* dx;                // (rows, n)
-  float* dw_part;          // (programs, n) zero-initialized, or null without weight
-  float* db_part;          // (programs, n) zero-initialized, or null without bias
+  float* dw_part;          // (programs, n), or null without weight
+  float* db_part;          // (programs, n), or null without bias
 };
 
 cudaError_t launch_norm_fwd(const NormFwdParams& p, cudaStream_t stream);

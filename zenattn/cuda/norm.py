@@ -34,11 +34,11 @@ def _fwd(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], residual: 
 
 
 def _bwd(dy: Tensor, dsum: Optional[Tensor], x: Tensor, weight: Optional[Tensor], mean: Optional[Tensor],
-         rstd: Tensor, has_bias: bool, rms: bool):
+         rstd: Tensor, has_bias: bool, eps: float, rms: bool):
     with torch.cuda.device(x.device):
         dx, dw, db = backends.extension().cuda_norm_bwd(
             _rows(dy), None if dsum is None else _rows(dsum), _rows(x), weight,
-            None if mean is None else mean.reshape(-1), rstd.reshape(-1), has_bias, rms,
+            None if mean is None else mean.reshape(-1), rstd.reshape(-1), has_bias, rms, float(eps),
             torch.cuda.current_stream(x.device).cuda_stream)
     return dx.view(x.shape), dw if weight is not None else None, db if has_bias else None
 
@@ -48,7 +48,7 @@ def layer_norm_fwd(x, weight, bias, residual, eps):
 
 
 def layer_norm_bwd(dy, dsum, x, weight, mean, rstd, has_bias):
-    return list(_bwd(dy, dsum, x, weight, mean, rstd, has_bias, rms=False))
+    return list(_bwd(dy, dsum, x, weight, mean, rstd, has_bias, 0.0, rms=False))
 
 
 def rms_norm_fwd(x, weight, residual, eps):
@@ -57,5 +57,5 @@ def rms_norm_fwd(x, weight, residual, eps):
 
 
 def rms_norm_bwd(dy, dsum, x, weight, rstd, eps):
-    dx, dw, _ = _bwd(dy, dsum, x, weight, None, rstd, False, rms=True)
+    dx, dw, _ = _bwd(dy, dsum, x, weight, None, rstd, False, eps, rms=True)
     return [dx, dw]
