@@ -1,8 +1,9 @@
 """LayerNorm / RMSNorm on the CUDA C++ kernels (csrc/cuda/norm_fwd.cu, norm_bwd.cu, norm.cpp).
 
-The launcher signatures of zenattn/ops/norm.py over ``zenattn._C.cuda_norm_fwd`` / ``cuda_norm_bwd``:
-inputs are viewed as (rows, n) (copied only when the last dim is strided), the kernels run on the
-current stream of the input's device, and absent outputs come back as None.
+``norm_fwd`` / ``norm_bwd`` over ``zenattn._C.cuda_norm_fwd`` / ``cuda_norm_bwd``, with the row-kernel
+signatures zenattn/ops/norm.py's ``RowLaunchers`` turns into the ops' launchers: inputs are viewed
+as (rows, n) (copied only when the last dim is strided), the kernels run on the current stream of
+the input's device, and absent outputs come back as None.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ def _rows(t: Tensor) -> Tensor:
     return m.contiguous() if m.shape[1] > 1 and m.stride(1) != 1 else m
 
 
-def _fwd(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], residual: Optional[Tensor], eps: float,
+def norm_fwd(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], residual: Optional[Tensor], eps: float,
          rms: bool):
     with torch.cuda.device(x.device):
         y, s, mean, rstd = backends.extension().cuda_norm_fwd(
@@ -33,7 +34,7 @@ def _fwd(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], residual: 
             None if rms else mean.view(stats), rstd.view(stats))
 
 
-def _bwd(dy: Tensor, dsum: Optional[Tensor], x: Tensor, weight: Optional[Tensor], mean: Optional[Tensor],
+def norm_bwd(dy: Tensor, dsum: Optional[Tensor], x: Tensor, weight: Optional[Tensor], mean: Optional[Tensor],
          rstd: Tensor, has_bias: bool, eps: float, rms: bool):
     with torch.cuda.device(x.device):
         dx, dw, db = backends.extension().cuda_norm_bwd(
@@ -41,21 +42,3 @@ def _bwd(dy: Tensor, dsum: Optional[Tensor], x: Tensor, weight: Optional[Tensor]
             None if mean is None else mean.reshape(-1), rstd.reshape(-1), has_bias, rms, float(eps),
             torch.cuda.current_stream(x.device).cuda_stream)
     return dx.view(x.shape), dw if weight is not None else None, db if has_bias else None
-
-
-def layer_norm_fwd(x, weight, bias, residual, eps):
-    return list(_fwd(x, weight, bias, residual, eps, rms=False))
-
-
-def layer_norm_bwd(dy, dsum, x, weight, mean, rstd, has_bias):
-    return list(_bwd(dy, dsum, x, weight, mean, rstd, has_bias, 0.0, rms=False))
-
-
-def rms_norm_fwd(x, weight, residual, eps):
-    y, s, _, rstd = _fwd(x, weight, None, residual, eps, rms=True)
-    return [y, s, rstd]
-
-
-def rms_norm_bwd(dy, dsum, x, weight, rstd, eps):
-    dx, dw, _ = _bwd(dy, dsum, x, weight, None, rstd, False, eps, rms=True)
-    return [dx, dw]

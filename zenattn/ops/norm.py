@@ -154,14 +154,39 @@ torch.library.register_autograd("zenattn::rms_norm_fwd", _rms_norm_backward,
 
 
 # ---- backends implementing both families with exactly these signatures ---------------------------
+
+class RowLaunchers:
+    """The four launcher signatures above over a backend's two row kernels, shared by LayerNorm and
+    RMSNorm: ``fwd(x, weight, bias, residual, eps, rms) -> (y, sum, mean, rstd)`` and
+    ``bwd(dy, dsum, x, weight, mean, rstd, has_bias, eps, rms) -> (dx, dweight, dbias)``, absent
+    outputs None (the Triton and CUDA C++ backends)."""
+
+    def __init__(self, fwd, bwd):
+        self._fwd, self._bwd = fwd, bwd
+
+    def layer_norm_fwd(self, x, weight, bias, residual, eps):
+        return list(self._fwd(x, weight, bias, residual, eps, False))
+
+    def layer_norm_bwd(self, dy, dsum, x, weight, mean, rstd, has_bias):
+        return list(self._bwd(dy, dsum, x, weight, mean, rstd, has_bias, 0.0, False))
+
+    def rms_norm_fwd(self, x, weight, residual, eps):
+        y, s, _, rstd = self._fwd(x, weight, None, residual, eps, True)
+        return [y, s, rstd]
+
+    def rms_norm_bwd(self, dy, dsum, x, weight, rstd, eps):
+        dx, dw, _ = self._bwd(dy, dsum, x, weight, None, rstd, False, eps, True)
+        return [dx, dw]
+
+
 def _triton_norm():
     from zenattn.triton import norm  # noqa: PLC0415  (imports triton: only at first use)
-    return norm
+    return RowLaunchers(norm.norm_fwd, norm.norm_bwd)
 
 
 def _cuda_norm():
     from zenattn.cuda import norm  # noqa: PLC0415
-    return norm
+    return RowLaunchers(norm.norm_fwd, norm.norm_bwd)
 
 
 for _family in ("layer_norm", "rms_norm"):

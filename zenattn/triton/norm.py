@@ -2,8 +2,9 @@
 ``zenattn::layer_norm_*`` and ``zenattn::rms_norm_*``).
 
 Three tiers, as in the Triton tutorials: ``_norm_fwd_kernel`` / ``_norm_bwd_kernel`` (the math),
-``layer_norm_fwd`` ... ``rms_norm_bwd`` (launchers with the same signatures and outputs as the C++
-CPU launchers in ``zenattn._C``), and the autograd in ``zenattn/ops/norm.py`` shared by every backend.
+``norm_fwd`` / ``norm_bwd`` (their launchers, which ``RowLaunchers`` in ``zenattn/ops/norm.py`` turns
+into the same signatures and outputs as the C++ CPU launchers in ``zenattn._C``), and the autograd
+in ``zenattn/ops/norm.py`` shared by every backend.
 
 One program normalizes one row held whole in registers (hidden sizes up to 65536). Statistics are
 float32 (float64 for float64 input). The backward gives each program a contiguous chunk of rows
@@ -151,7 +152,7 @@ def _warps(block_n: int) -> int:
 
 
 @serialized_in_interpreter
-def _norm_fwd(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], residual: Optional[Tensor],
+def norm_fwd(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], residual: Optional[Tensor],
               eps: float, rms: bool):
     n = x.shape[-1]
     x2 = _as_rows(x)
@@ -176,7 +177,7 @@ def _norm_fwd(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], resid
 
 
 @serialized_in_interpreter
-def _norm_bwd(dy: Tensor, dsum: Optional[Tensor], x: Tensor, weight: Optional[Tensor],
+def norm_bwd(dy: Tensor, dsum: Optional[Tensor], x: Tensor, weight: Optional[Tensor],
               mean: Optional[Tensor], rstd: Tensor, has_bias: bool, eps: float, rms: bool):
     n = x.shape[-1]
     x2, dy2 = _as_rows(x), _as_rows(dy)
@@ -201,21 +202,3 @@ def _norm_bwd(dy: Tensor, dsum: Optional[Tensor], x: Tensor, weight: Optional[Te
     dw = dw_part.sum(0).to(weight.dtype) if weight is not None else None
     db = db_part.sum(0).to(x.dtype) if has_bias else None
     return dx, dw, db
-
-
-def layer_norm_fwd(x, weight, bias, residual, eps):
-    return list(_norm_fwd(x, weight, bias, residual, eps, rms=False))
-
-
-def layer_norm_bwd(dy, dsum, x, weight, mean, rstd, has_bias):
-    return list(_norm_bwd(dy, dsum, x, weight, mean, rstd, has_bias, 0.0, rms=False))
-
-
-def rms_norm_fwd(x, weight, residual, eps):
-    y, s, _, rstd = _norm_fwd(x, weight, None, residual, eps, rms=True)
-    return [y, s, rstd]
-
-
-def rms_norm_bwd(dy, dsum, x, weight, rstd, eps):
-    dx, dw, _ = _norm_bwd(dy, dsum, x, weight, None, rstd, False, eps, rms=True)
-    return [dx, dw]
