@@ -22,7 +22,8 @@ from typing import Callable, Optional
 
 import torch
 
-QUANTILES = (0.2, 0.5, 0.8)
+from zenattn.bench.cases import DTYPES
+
 L2_FLUSH_BYTES = 256 * 2**20
 
 
@@ -183,7 +184,5 @@ def copy_bandwidth(device: torch.device, reps: int = 10) -> float:
 
 def ceilings(device: torch.device, dtypes: list, reps: int = 10) -> dict:
     """The device's own ceilings: {"matmul": {dtype name: FLOP/s}, "copy": bytes/s}."""
-    from zenattn.bench.cases import DTYPES  # noqa: PLC0415
-
     return {"matmul": {d: matmul_rate(device, DTYPES[d], reps) for d in dtypes},
             "copy": copy_bandwidth(device, reps)}

@@ -62,7 +62,7 @@ def _compile_opt_in(device: torch.device) -> Optional[str]:
     return "compiles a kernel per shape (seconds each on a small CPU); run it by naming it in --providers"
 
 
-def _window(case: Case) -> Optional[tuple[int, int]]:
+def window_of(case: Case) -> Optional[tuple[int, int]]:
     """The case's local window as zenattn's (left, right)."""
     if case.window is None:
         return None
@@ -83,7 +83,7 @@ def _allowed(case: Case, device: torch.device) -> Optional[torch.Tensor]:
 
 def _zenattn_attention(backend: str) -> Provider:
     def make(case: Case, device: torch.device):
-        window = _window(case)
+        window = window_of(case)
         return lambda q, k, v: zenattn.attention(q, k, v, causal=case.causal, window=window, backend=backend)
     return Provider(f"zenattn-{backend}", "attention", _zenattn_version(backend), make,
                     why_not=lambda case, device: _zenattn_why_not(backend, "attention", case, device),
@@ -214,7 +214,7 @@ def _flash_attn(version: str) -> Provider:
     def make(case: Case, device: torch.device):
         from flash_attn import flash_attn_func  # noqa: PLC0415
 
-        window = _window(case) or (-1, -1)
+        window = window_of(case) or (-1, -1)
         # flash-attn takes (B, N, H, D); the transposes are views, its own layout copy is part of it.
         return lambda q, k, v: flash_attn_func(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
                                                causal=case.causal, window_size=window).transpose(1, 2)

@@ -29,7 +29,7 @@ import torch
 import zenattn
 from zenattn.bench import measure
 from zenattn.bench.cases import MODEL_PRESETS, Case, work
-from zenattn.bench.providers import Provider
+from zenattn.bench.providers import Provider, window_of
 
 FACTOR = {"out": 2.0, "dx": 3.0, "dw": 3.0, "db": 3.0, "dq": 3.0, "dk": 3.0, "dv": 3.0, "loss": 3.0}
 FLOOR = {"fp32": 2e-6, "fp16": 2e-3, "bf16": 1.6e-2}           # tests/parity.py's ATOL_FLOOR
@@ -103,7 +103,7 @@ def reference(case: Case, inputs: dict) -> dict:
            for n, t in inputs["tensors"].items()}
     if case.op == "attention":
         out = zenattn.reference.attention_ref(t64["q"], t64["k"], t64["v"], causal=case.causal,
-                                              window=_zen_window(case))
+                                              window=window_of(case))
     elif case.op == "layer_norm":
         out = zenattn.reference.layer_norm_ref(t64["x"], (case.hidden,), t64["w"], t64["b"], 1e-5)
     else:
@@ -115,12 +115,6 @@ def reference(case: Case, inputs: dict) -> dict:
         grads = torch.autograd.grad(out, [t64[n] for n in names], dy)
         ref.update({GRAD_NAMES[n]: g for n, g in zip(names, grads)})
     return ref
-
-
-def _zen_window(case: Case):
-    from zenattn.bench.providers import _window  # noqa: PLC0415
-
-    return _window(case)
 
 
 def make_call(case: Case, provider: Provider, inputs: dict, device: torch.device) -> Callable[[], dict]:
@@ -237,7 +231,7 @@ def prepare(case: Case, providers: list, device: torch.device) -> tuple[dict, di
 def run_case(case: Case, providers: list, device: torch.device, settings: Settings,
              log: Callable[[str], None] = lambda msg: None) -> list[dict]:
     """Check, then time, every provider on ``case``; one result row per provider."""
-    rows = {p.name: _row(case, p, device) for p in providers}
+    rows = {p.name: _row(case, p) for p in providers}
     calls, ref, failures = prepare(case, providers, device)
     for name, error in failures.items():
         _fail(rows[name], error)
@@ -269,10 +263,9 @@ def run_case(case: Case, providers: list, device: torch.device, settings: Settin
         reps = measure.reps_for(seconds, settings.budget_s, settings.min_reps, settings.max_reps)
         with measure.OtherLoad() as load:
             stats = measure.time_side_by_side(calls, device, reps=reps, warmup=0)
-        amount, unit = work(case)
         for name, s in stats.items():
             rows[name].update(median_s=s["median"], p20_s=s["p20"], p80_s=s["p80"], reps=s["n"],
-                              throughput=amount / s["median"], other_load=load.cores)
+                              throughput=rows[name]["work"] / s["median"], other_load=load.cores)
         if settings.memory:
             for name, call in calls.items():
                 try:
@@ -286,7 +279,7 @@ def run_case(case: Case, providers: list, device: torch.device, settings: Settin
     return list(rows.values())
 
 
-def _row(case: Case, provider: Provider, device: torch.device) -> dict:
+def _row(case: Case, provider: Provider) -> dict:
     amount, unit = work(case)
     row = {"op": case.op, "mode": case.mode, "dtype": case.dtype, "shape": case.shape,
            "provider": provider.name, "version": provider.version, "status": None, "error": None,
