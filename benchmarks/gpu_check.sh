@@ -11,10 +11,13 @@
 #   bench-norms.log  the sweep's norms (triton and cuda against torch eager / compiled, Liger) and the
 #                    reference model's training step; all runs append to results.csv/.jsonl and write
 #                    bench-cuda-<date>-<gpu>-<part>.json/.md and plots
+#   bench-cuda-attention.log  the CUDA C++ attention beside Triton and SDPA flash at issue #5's
+#                    shape (bf16, D 128, N 8192, fwd and fwd+bwd), after the build
 #   flex.log         FlexAttention beside zenattn on one shape (it compiles per shape: kept apart)
-#   tests.log    the parity / edge-case / API tests on CUDA tensors (ZENATTN_TEST_DEVICE=cuda)
+#   tests.log    the CUDA C++ attention tests, then the parity / edge-case / API tests on CUDA
+#                tensors (ZENATTN_TEST_DEVICE=cuda)
 # Time: under 8 minutes on an H200 (the build runs beside the first benchmark; the steps are
-# time-limited to 220 + 100 + 40 + 110 s; results are appended case by case, so a step cut short
+# time-limited to 170 + 100 + 50 + 40 + 100 s; results are appended case by case, so a step cut short
 # keeps what it measured).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -45,7 +48,7 @@ build_pid=$!
 #    the rows name the baseline used). Then, with the extension built, the norms (Triton and CUDA C++
 #    against torch eager / compiled and Liger) and the reference model's training step.
 step "zenattn-bench --sweep gpu --ops attention (bench.log)"
-timeout 220 "$PY" -m zenattn.bench --sweep gpu --ops attention --out "$OUT" --tag "$TAG-attention" \
+timeout 170 "$PY" -m zenattn.bench --sweep gpu --ops attention --out "$OUT" --tag "$TAG-attention" \
   --providers zenattn-triton zenattn-cuda sdpa-flash sdpa-efficient sdpa-cudnn flash-attn xformers > "$OUT/bench.log" 2>&1
 echo "bench exit $?" | tee -a "$OUT/bench.log"
 tail -8 "$OUT/bench.log"
@@ -59,6 +62,13 @@ timeout 100 "$PY" -m zenattn.bench --sweep gpu --ops layer_norm rms_norm model -
 echo "bench exit $?" | tee -a "$OUT/bench-norms.log"
 tail -8 "$OUT/bench-norms.log"
 
+step "CUDA C++ attention beside Triton, the issue's shape (bench-cuda-attention.log)"
+timeout 50 "$PY" -m zenattn.bench --ops attention --dtypes bf16 --batch 2 --heads 16 --seq-lens 8192 \
+  --head-dims 128 --causal false --modes fwd fwd+bwd --providers zenattn-triton zenattn-cuda sdpa-flash \
+  --out "$OUT" --tag "$TAG-cuda-attention" > "$OUT/bench-cuda-attention.log" 2>&1
+echo "bench exit $?" | tee -a "$OUT/bench-cuda-attention.log"
+tail -8 "$OUT/bench-cuda-attention.log"
+
 step "FlexAttention beside zenattn (flex.log)"
 timeout 40 "$PY" -m zenattn.bench --ops attention --dtypes bf16 --batch 2 --heads 16 --seq-lens 4096 \
   --head-dims 128 --causal true --providers zenattn-triton sdpa-flash flex --out "$OUT" --tag "$TAG-flex" \
@@ -69,8 +79,8 @@ echo "flex exit $?" | tee -a "$OUT/flex.log"
 #    triton backend, and cuda where zenattn has CUDA C++ kernels) and one fixed Triton configuration
 #    (autotuning every shape family would take the whole budget).
 step "parity tests on CUDA tensors (tests.log)"
-ZENATTN_TEST_DEVICE=cuda ZENATTN_TRITON_AUTOTUNE=0 timeout 110 "$PY" -m pytest -q -p no:cacheprovider \
-  tests/test_norm_parity.py tests/test_norm_edge_cases.py tests/test_attention_parity.py \
+ZENATTN_TEST_DEVICE=cuda ZENATTN_TRITON_AUTOTUNE=0 timeout 100 "$PY" -m pytest -q -p no:cacheprovider \
+  tests/test_cuda_attention.py tests/test_norm_parity.py tests/test_norm_edge_cases.py tests/test_attention_parity.py \
   tests/test_attention_edge_cases.py tests/test_attention_api.py \
   -k "(triton or cuda) and not gradcheck and not seq_lens" > "$OUT/tests.log" 2>&1
 echo "tests exit $?" | tee -a "$OUT/tests.log"

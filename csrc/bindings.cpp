@@ -11,6 +11,7 @@
 #include "cpu/isa.h"
 #include "cpu/norm.h"
 #ifdef ZENATTN_WITH_CUDA
+#include "cuda/attention.h"
 #include "cuda/norm.h"
 #endif
 
@@ -76,38 +77,32 @@ void check_stats(const at::Tensor& s, const at::Tensor& x, const char* name) {
               " elements, expected one per row of input ", shape_str(x));
 }
 
-std::vector<at::Tensor> layer_norm_fwd(const at::Tensor& x, const std::optional<at::Tensor>& weight,
-                                       const std::optional<at::Tensor>& bias,
-                                       const std::optional<at::Tensor>& residual, double eps) {
+void check_dropout(double p) {
+  TORCH_CHECK(p >= 0.0 && p < 1.0, kOp, ": dropout_p must be in [0, 1), got ", p);
+}
+
+std::vector<at::Tensor> norm_fwd(const at::Tensor& x, const std::optional<at::Tensor>& weight,
+                                 const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& residual,
+                                 double eps, bool rms, int64_t seed, double dropout_p) {
   check_norm_inputs(x, weight, bias, residual);
-  return zenattn::cpu::layer_norm_fwd(x, weight, bias, residual, eps);
+  TORCH_CHECK(!(rms && bias.has_value()), kOp, ": RMSNorm takes no bias");
+  check_dropout(dropout_p);
+  return zenattn::cpu::norm_fwd(x, weight, bias, residual, eps, rms, seed, dropout_p);
 }
 
-std::vector<at::Tensor> layer_norm_bwd(const at::Tensor& dy, const std::optional<at::Tensor>& dsum,
-                                       const at::Tensor& x, const std::optional<at::Tensor>& weight,
-                                       const at::Tensor& mean, const at::Tensor& rstd, bool has_bias) {
+std::vector<at::Tensor> norm_bwd(const at::Tensor& dy, const std::optional<at::Tensor>& dsum, const at::Tensor& x,
+                                 const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& mean,
+                                 const at::Tensor& rstd, bool has_bias, double eps, bool rms, int64_t seed,
+                                 double dropout_p, bool has_residual) {
   check_norm_inputs(x, weight, std::nullopt, std::nullopt);
   check_like(dy, x, "grad_output");
   if (dsum.has_value()) check_like(*dsum, x, "grad of the residual sum");
-  check_stats(mean, x, "mean");
+  TORCH_CHECK(rms || mean.has_value(), kOp, ": LayerNorm's backward needs the mean of each row");
+  if (!rms) check_stats(*mean, x, "mean");
   check_stats(rstd, x, "rstd");
-  return zenattn::cpu::layer_norm_bwd(dy, dsum, x, weight, mean, rstd, has_bias);
-}
-
-std::vector<at::Tensor> rms_norm_fwd(const at::Tensor& x, const std::optional<at::Tensor>& weight,
-                                     const std::optional<at::Tensor>& residual, double eps) {
-  check_norm_inputs(x, weight, std::nullopt, residual);
-  return zenattn::cpu::rms_norm_fwd(x, weight, residual, eps);
-}
-
-std::vector<at::Tensor> rms_norm_bwd(const at::Tensor& dy, const std::optional<at::Tensor>& dsum,
-                                     const at::Tensor& x, const std::optional<at::Tensor>& weight,
-                                     const at::Tensor& rstd, double eps) {
-  check_norm_inputs(x, weight, std::nullopt, std::nullopt);
-  check_like(dy, x, "grad_output");
-  if (dsum.has_value()) check_like(*dsum, x, "grad of the residual sum");
-  check_stats(rstd, x, "rstd");
-  return zenattn::cpu::rms_norm_bwd(dy, dsum, x, weight, rstd, eps);
+  check_dropout(dropout_p);
+  return zenattn::cpu::norm_bwd(dy, dsum, x, weight, mean, rstd, has_bias && !rms, eps, rms, seed, dropout_p,
+                                has_residual);
 }
 
 
@@ -242,23 +237,28 @@ PYBIND11_MODULE(_C, m) {
   // The CUDA launchers take the stream as an integer (torch.cuda.current_stream().cuda_stream):
   // see zenattn/cuda/norm.py, which adapts them to the backend launcher signatures.
   m.def("cuda_norm_fwd", &zenattn::cuda::norm_fwd, py::arg("x"), py::arg("weight"), py::arg("bias"),
-        py::arg("residual"), py::arg("eps"), py::arg("rms"), py::arg("stream"),
+        py::arg("residual"), py::arg("eps"), py::arg("rms"), py::arg("seed"), py::arg("dropout_p"), py::arg("stream"),
         "CUDA LayerNorm/RMSNorm forward over (rows, n): returns [y, sum or empty, mean or empty, rstd]");
   m.def("cuda_norm_bwd", &zenattn::cuda::norm_bwd, py::arg("dy"), py::arg("dsum"), py::arg("x"), py::arg("weight"),
-        py::arg("mean"), py::arg("rstd"), py::arg("has_bias"), py::arg("rms"), py::arg("eps"), py::arg("stream"),
-        "CUDA LayerNorm/RMSNorm backward over (rows, n): returns [dx, dweight or empty, dbias or empty]");
+        py::arg("mean"), py::arg("rstd"), py::arg("has_bias"), py::arg("rms"), py::arg("eps"), py::arg("seed"),
+        py::arg("dropout_p"), py::arg("has_residual"), py::arg("stream"),
+        "CUDA LayerNorm/RMSNorm backward over (rows, n): returns [dx, dweight or empty, dbias or empty, "
+        "dresidual or empty]");
+  m.def("cuda_attention_fwd", &zenattn::cuda::attention_fwd, py::arg("q"), py::arg("k"), py::arg("v"),
+        py::arg("scale"), py::arg("window_left"), py::arg("window_right"), py::arg("bottom_right"), py::arg("stream"),
+        "CUDA flash attention forward (float16/bfloat16, head dim 64/128): returns [out, lse, out_acc]");
+  m.def("cuda_attention_bwd", &zenattn::cuda::attention_bwd, py::arg("dout"), py::arg("q"), py::arg("k"),
+        py::arg("v"), py::arg("lse"), py::arg("delta"), py::arg("scale"), py::arg("window_left"),
+        py::arg("window_right"), py::arg("bottom_right"), py::arg("stream"),
+        "CUDA flash attention backward: returns [dq, dk, dv]");
 #endif
   m.def("build_info", &build_info, "How this extension was built and which CPU kernels run here");
-  m.def("layer_norm_fwd", &layer_norm_fwd, py::arg("x"), py::arg("weight"), py::arg("bias"),
-        py::arg("residual"), py::arg("eps"),
-        "LayerNorm over the last dim of x (+ residual): returns [y, sum|None, mean, rstd]");
-  m.def("layer_norm_bwd", &layer_norm_bwd, py::arg("dy"), py::arg("dsum"), py::arg("x"),
-        py::arg("weight"), py::arg("mean"), py::arg("rstd"), py::arg("has_bias"),
-        "LayerNorm backward: returns [dx, dweight|None, dbias|None]");
-  m.def("rms_norm_fwd", &rms_norm_fwd, py::arg("x"), py::arg("weight"), py::arg("residual"),
-        py::arg("eps"), "RMSNorm over the last dim of x (+ residual): returns [y, sum|None, rstd]");
-  m.def("rms_norm_bwd", &rms_norm_bwd, py::arg("dy"), py::arg("dsum"), py::arg("x"),
-        py::arg("weight"), py::arg("rstd"), py::arg("eps"), "RMSNorm backward: returns [dx, dweight|None]");
+  m.def("norm_fwd", &norm_fwd, py::arg("x"), py::arg("weight"), py::arg("bias"), py::arg("residual"),
+        py::arg("eps"), py::arg("rms"), py::arg("seed"), py::arg("dropout_p"),
+        "LayerNorm/RMSNorm over the last dim of s = dropout(x) + residual: returns [y, sum|None, mean|None, rstd]");
+  m.def("norm_bwd", &norm_bwd, py::arg("dy"), py::arg("dsum"), py::arg("x"), py::arg("weight"), py::arg("mean"),
+        py::arg("rstd"), py::arg("has_bias"), py::arg("eps"), py::arg("rms"), py::arg("seed"), py::arg("dropout_p"),
+        py::arg("has_residual"), "LayerNorm/RMSNorm backward: returns [dx, dweight|None, dbias|None, dresidual|None]");
   m.def("attention_fwd", &attention_fwd, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("attn_mask"),
         py::arg("alibi_slopes"), py::arg("seed"), py::arg("scale"), py::arg("softcap"), py::arg("window_left"),
         py::arg("window_right"), py::arg("bottom_right"), py::arg("dropout_p"),

@@ -12,14 +12,15 @@ vanishing from them. Adding a backend here adds it to every test that takes ``KE
 
 from __future__ import annotations
 
+import math
 import os
 
 import torch
 import torch.nn.functional as F
 
 import zenattn
-from zenattn.functional.attention import _draw_seed
-from zenattn.reference import attention_ref, dropout_keep_ref, layer_norm_ref, rms_norm_ref
+from zenattn.functional.attention import draw_seed
+from zenattn.reference import attention_ref, dropout_keep_ref, layer_norm_ref, norm_dropout_keep_ref, rms_norm_ref
 
 # Where the tests make their tensors (conftest.py makes it the default device).
 TEST_DEVICE = os.environ.get("ZENATTN_TEST_DEVICE", "cpu")
@@ -28,11 +29,14 @@ TEST_DEVICE = os.environ.get("ZENATTN_TEST_DEVICE", "cpu")
 def kernel_backends(device: str, op: str) -> list[str]:
     """The kernel backends that must pass every test of ``op`` on ``device``: on the CPU the C++
     kernels and the Triton kernels in Triton's interpreter; on CUDA the Triton kernels, and the CUDA
-    C++ ones where zenattn has them for ``op`` and the extension was built with them."""
+    C++ ones where they cover the op's whole contract and the extension was built with them (the
+    norms). The CUDA C++ attention covers a subset (zenattn/cuda/attention.py); its own tests,
+    tests/test_cuda_attention.py, run it on that subset."""
     if device == "cpu":
         return ["cpu", "triton"]
     cuda_built = bool(zenattn.info()["extension"].get("cuda"))
-    return ["triton"] + (["cuda"] if cuda_built and zenattn.backends.has_kernel("cuda", op) else [])
+    full_contract = op != "attention"
+    return ["triton"] + (["cuda"] if cuda_built and full_contract and zenattn.backends.has_kernel("cuda", op) else [])
 
 
 KERNELS = kernel_backends(TEST_DEVICE, "attention")
@@ -124,7 +128,7 @@ def dropout_keep(opts, q, k):
     if not opts.get("dropout_p"):
         return None
     torch.manual_seed(DROPOUT_SEED)
-    seed = int(_draw_seed())
+    seed = int(draw_seed())
     B, Hq, Nq, Nk = q.shape[0], q.shape[1], q.shape[2], k.shape[2]
     return dropout_keep_ref(seed, B, Hq, Nq, Nk, opts["dropout_p"], q.device)
 
@@ -179,27 +183,40 @@ def make_x(layout: str, rows: int, hidden: int, dtype, scale=1.0, offset=0.0):
     return leaf.to(dtype), view
 
 
-def run_norm(kind, impl, backend, leaf, view, weight, bias, residual, eps, dy, dsum):
+def norm_dropout_keep(dropout_p, shape):
+    """The norm keep mask the kernels draw when called right after torch.manual_seed(DROPOUT_SEED)."""
+    if not dropout_p:
+        return None
+    torch.manual_seed(DROPOUT_SEED)
+    seed = int(draw_seed())
+    return norm_dropout_keep_ref(seed, math.prod(shape[:-1]), shape[-1], dropout_p).reshape(shape)
+
+
+def run_norm(kind, impl, backend, leaf, view, weight, bias, residual, eps, dy, dsum, dropout_p=0.0, keep=None):
     """Forward + backward of one implementation. Returns (outputs, grads) as float64-comparable
-    tensors. impl: "zen" (zenattn, the given backend), "torch" (torch.nn.functional), "ref" (float64)."""
+    tensors. impl: "zen" (zenattn, the given backend), "torch" (torch.nn.functional, with the dropout
+    as F.dropout computes it: in the input's dtype), "ref" (float64). ``keep``: the dropout mask."""
     as_leaf = lambda t: None if t is None else (t.double() if impl == "ref" else t).detach().clone().requires_grad_(True)
     x_leaf, w, b, r = as_leaf(leaf), as_leaf(weight), as_leaf(bias), as_leaf(residual)
     x = view(x_leaf)
     shape = (x.shape[-1],)
     if impl == "zen":
+        torch.manual_seed(DROPOUT_SEED)
         if kind == "layer_norm":
-            out = zenattn.layer_norm(x, shape, w, b, eps, residual=r, backend=backend)
+            out = zenattn.layer_norm(x, shape, w, b, eps, residual=r, dropout_p=dropout_p, backend=backend)
         else:
-            out = zenattn.rms_norm(x, shape, w, eps, residual=r, backend=backend)
+            out = zenattn.rms_norm(x, shape, w, eps, residual=r, dropout_p=dropout_p, backend=backend)
     elif impl == "torch":
-        s = x if r is None else x + r
+        s = x if keep is None else x * keep.to(x.dtype) * (1.0 / (1.0 - dropout_p))
+        s = s if r is None else s + r
         y = F.layer_norm(s, shape, w, b, eps) if kind == "layer_norm" else F.rms_norm(s, shape, w, eps)
         out = y if r is None else (y, s)
     else:
+        kw = dict(residual=r, dropout_p=dropout_p, dropout_keep=keep)
         if kind == "layer_norm":
-            out = layer_norm_ref(x, shape, w, b, eps, residual=r)
+            out = layer_norm_ref(x, shape, w, b, eps, **kw)
         else:
-            out = rms_norm_ref(x, shape, w, eps, residual=r)
+            out = rms_norm_ref(x, shape, w, eps, **kw)
     outs = out if isinstance(out, tuple) else (out,)
     loss = (outs[0].double() * dy.double()).sum()
     if len(outs) > 1:
@@ -209,11 +226,11 @@ def run_norm(kind, impl, backend, leaf, view, weight, bias, residual, eps, dy, d
     return [o.detach() for o in outs], list(grads)
 
 
-def check_norm_parity(kind, leaf, view, weight, bias, residual, eps, dtype, backend):
+def check_norm_parity(kind, leaf, view, weight, bias, residual, eps, dtype, backend, dropout_p=0.0):
     x = view(leaf)
     dy = torch.randn(x.shape).to(dtype)
     dsum = torch.randn(x.shape).to(dtype) if residual is not None else None
-    args = (leaf, view, weight, bias, residual, eps, dy, dsum)
+    args = (leaf, view, weight, bias, residual, eps, dy, dsum, dropout_p, norm_dropout_keep(dropout_p, x.shape))
     ours, theirs, ref = (run_norm(kind, impl, backend, *args) for impl in ("zen", "torch", "ref"))
     where = (kind, backend)
     for i, (o, t, r) in enumerate(zip(ours[0], theirs[0], ref[0])):

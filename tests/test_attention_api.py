@@ -281,7 +281,8 @@ def test_explain_accounts_for_head_dim_limit():
 
 def test_triton_declines_float64_on_gpus():
     """On CUDA tensors the triton backend refuses float64 (triton 3.6 cannot lower a float64 dot for
-    sm_80), so the automatic choice moves on; in the interpreter (CPU tensors) it takes float64."""
+    sm_80), and so do the CUDA C++ kernels (float16/bfloat16 only), so the automatic choice moves on
+    to torch; in the interpreter (CPU tensors) triton takes float64."""
     from types import SimpleNamespace
 
     from zenattn.functional.attention import _kernel_limits
@@ -291,7 +292,8 @@ def test_triton_declines_float64_on_gpus():
 
     cuda64 = (fake(torch.float64, "cuda"),) * 3
     assert "not float64" in _kernel_limits("triton", cuda64)
-    assert _kernel_limits("cuda", cuda64) is None and _kernel_limits("torch", cuda64) is None
+    assert "float16/bfloat16, got torch.float64" in _kernel_limits("cuda", cuda64)
+    assert _kernel_limits("torch", cuda64) is None
     assert _kernel_limits("triton", (fake(torch.float32, "cuda"),) * 3) is None
     assert _kernel_limits("triton", (fake(torch.float64, "cpu"),) * 3) is None
 

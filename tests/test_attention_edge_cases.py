@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 import zenattn
-from zenattn.functional.attention import _draw_seed
+from zenattn.functional.attention import draw_seed
 from zenattn.reference import attention_ref, dropout_keep_ref
 
 from parity import KERNELS, FWD_FACTOR, GRAD_FACTOR, assert_within_rule
@@ -388,7 +388,7 @@ def test_dropout_matches_reference_with_kernel_mask(case, p, backend):
     k = torch.randn(B, Hkv, Nk, D, dtype=torch.float64, requires_grad=True)
     v = torch.randn(B, Hkv, Nk, Dv, dtype=torch.float64, requires_grad=True)
     torch.manual_seed(21)
-    seed = int(_draw_seed())
+    seed = int(draw_seed())
     keep = dropout_keep_ref(seed, B, Hq, Nq, Nk, p, q.device)
     assert keep.shape == (B, Hq, Nq, Nk) and keep.dtype == torch.bool
     torch.manual_seed(21)
@@ -453,7 +453,7 @@ def test_dropout_kernel_drops_what_the_mask_says(p, backend):
     kept = kept.round().bool()
     assert abs(1 - kept.double().mean().item() - p) < 0.01
     torch.manual_seed(5)
-    assert torch.equal(kept, dropout_keep_ref(int(_draw_seed()), B, H, Nq, Nk, p, kept.device))
+    assert torch.equal(kept, dropout_keep_ref(int(draw_seed()), B, H, Nq, Nk, p, kept.device))
 
 
 def test_dropout_independent_of_thread_count():

@@ -48,6 +48,12 @@ BAD_INPUTS = [
      RuntimeError, r"residual has shape \[3, 8\] but input has shape \[4, 8\]"),
     ("integer input to the cpu kernel", lambda: _ln(torch.ones(4, 8, dtype=torch.int32), (8,), backend="cpu"),
      zenattn.BackendUnavailableError, r"supports float32/float16/bfloat16/float64, got torch.int32"),
+    ("dropout_p of 1", lambda: _ln(torch.randn(4, 8), (8,), dropout_p=1.0), ValueError,
+     r"layer_norm: dropout_p must be in \[0, 1\), got 1.0"),
+    ("negative dropout_p", lambda: _rms(torch.randn(4, 8), (8,), dropout_p=-0.1), ValueError,
+     r"rms_norm: dropout_p must be in \[0, 1\), got -0.1"),
+    ("dropout_p not a number", lambda: _ln(torch.randn(4, 8), (8,), dropout_p="0.1"), ValueError,
+     r"dropout_p must be in \[0, 1\), got '0.1'"),
     ("unknown backend", lambda: _ln(torch.randn(4, 8), (8,), backend="tpu"), ValueError,
      r"'tpu' is not a zenattn backend"),
     ("unavailable backend", lambda: _ln(torch.randn(4, 8), (8,), backend="cuda"),
@@ -67,13 +73,22 @@ def test_kernel_boundary_checks():
     C = backends.extension()
     x = torch.randn(4, 8)
     with pytest.raises(RuntimeError, match=r"weight must have shape \(8,\).*got \[5\]"):
-        C.layer_norm_fwd(x, torch.randn(5), None, None, 1e-5)
+        C.norm_fwd(x, torch.randn(5), None, None, 1e-5, False, 0, 0.0)
     with pytest.raises(RuntimeError, match=r"input has dtype Long; supported"):
-        C.rms_norm_fwd(x.long(), None, None, 1e-5)
+        C.norm_fwd(x.long(), None, None, None, 1e-5, True, 0, 0.0)
     with pytest.raises(RuntimeError, match=r"residual has dtype Half but input has dtype Float"):
-        C.layer_norm_fwd(x, None, None, x.half(), 1e-5)
+        C.norm_fwd(x, None, None, x.half(), 1e-5, False, 0, 0.0)
     with pytest.raises(RuntimeError, match=r"expected input on the CPU, got it on meta"):
-        C.layer_norm_fwd(x.to("meta"), None, None, None, 1e-5)
+        C.norm_fwd(x.to("meta"), None, None, None, 1e-5, False, 0, 0.0)
+    with pytest.raises(RuntimeError, match=r"dropout_p must be in \[0, 1\), got 1"):
+        C.norm_fwd(x, None, None, None, 1e-5, False, 0, 1.0)
+    with pytest.raises(RuntimeError, match=r"RMSNorm takes no bias"):
+        C.norm_fwd(x, None, torch.randn(8), None, 1e-5, True, 0, 0.0)
+    y, _, mean, rstd = C.norm_fwd(x, None, None, None, 1e-5, False, 0, 0.0)
+    with pytest.raises(RuntimeError, match=r"grad_output has shape \[4, 7\]"):
+        C.norm_bwd(torch.randn(4, 7), None, x, None, mean, rstd, False, 0.0, False, 0, 0.0, False)
+    with pytest.raises(RuntimeError, match=r"needs the mean"):
+        C.norm_bwd(y, None, x, None, None, rstd, False, 0.0, False, 0, 0.0, False)
 
 
 # ---- backend choice ------------------------------------------------------------------------------
@@ -129,17 +144,26 @@ def _opcheck_cases():
     w = torch.randn(24, requires_grad=True)
     b = torch.randn(24, requires_grad=True)
     r = torch.randn(5, 24, requires_grad=True)
+    seed = torch.tensor(1234, dtype=torch.int64)
     ops = torch.ops.zenattn
-    yield "ln", ops.layer_norm_fwd.default, (x, w, b, None, 1e-5, "cpu")
-    yield "ln residual", ops.layer_norm_fwd.default, (x, w, b, r, 1e-5, "cpu")
-    yield "ln no affine", ops.layer_norm_fwd.default, (x, None, None, None, 1e-5, "cpu")
-    yield "rms", ops.rms_norm_fwd.default, (x, w, None, 1e-6, "cpu")
-    yield "rms residual", ops.rms_norm_fwd.default, (x, w, r, 1e-6, "cpu")
-    y, s, mean, rstd = ops.layer_norm_fwd(x.detach(), w.detach(), b.detach(), None, 1e-5, "cpu")
+    yield "ln", ops.layer_norm_fwd.default, (x, w, b, None, None, 1e-5, 0.0, "cpu")
+    yield "ln residual", ops.layer_norm_fwd.default, (x, w, b, r, None, 1e-5, 0.0, "cpu")
+    yield "ln no affine", ops.layer_norm_fwd.default, (x, None, None, None, None, 1e-5, 0.0, "cpu")
+    yield "ln dropout", ops.layer_norm_fwd.default, (x, w, b, None, seed, 1e-5, 0.3, "cpu")
+    yield "ln residual dropout", ops.layer_norm_fwd.default, (x, w, b, r, seed, 1e-5, 0.3, "cpu")
+    yield "rms", ops.rms_norm_fwd.default, (x, w, None, None, 1e-6, 0.0, "cpu")
+    yield "rms residual", ops.rms_norm_fwd.default, (x, w, r, None, 1e-6, 0.0, "cpu")
+    yield "rms residual dropout", ops.rms_norm_fwd.default, (x, w, r, seed, 1e-6, 0.3, "cpu")
+    y, s, mean, rstd = ops.layer_norm_fwd(x.detach(), w.detach(), b.detach(), None, None, 1e-5, 0.0, "cpu")
     dy = torch.randn(5, 24)
-    yield "ln bwd", ops.layer_norm_bwd.default, (dy, None, x.detach(), w.detach(), mean, rstd, True, "cpu")
-    _, _, rstd2 = ops.rms_norm_fwd(x.detach(), w.detach(), None, 1e-6, "cpu")
-    yield "rms bwd", ops.rms_norm_bwd.default, (dy, dy, x.detach(), w.detach(), rstd2, 1e-6, "cpu")
+    yield "ln bwd", ops.layer_norm_bwd.default, (dy, None, x.detach(), w.detach(), mean, rstd, None, 0.0, True,
+                                                 False, "cpu")
+    yield "ln bwd dropout", ops.layer_norm_bwd.default, (dy, dy, x.detach(), w.detach(), mean, rstd, seed, 0.3,
+                                                         True, True, "cpu")
+    _, _, rstd2 = ops.rms_norm_fwd(x.detach(), w.detach(), None, None, 1e-6, 0.0, "cpu")
+    yield "rms bwd", ops.rms_norm_bwd.default, (dy, dy, x.detach(), w.detach(), rstd2, None, 1e-6, 0.0, True, "cpu")
+    yield "rms bwd dropout", ops.rms_norm_bwd.default, (dy, None, x.detach(), w.detach(), rstd2, seed, 1e-6, 0.3,
+                                                        False, "cpu")
 
 
 @pytest.mark.parametrize("case", list(_opcheck_cases()), ids=lambda c: c[0] if isinstance(c, tuple) else None)

@@ -13,7 +13,8 @@ import torch
 import torch.nn.functional as F
 
 import zenattn
-from zenattn.reference import layer_norm_ref, rms_norm_ref
+from zenattn.functional.attention import draw_seed
+from zenattn.reference import layer_norm_ref, norm_dropout_keep_ref, rms_norm_ref
 
 from parity import NORM_KERNELS, FWD_FACTOR, GRAD_FACTOR, assert_within_rule
 
@@ -149,11 +150,97 @@ def test_rms_norm_gradcheck(norm_backend, hidden, residual):
     assert torch.autograd.gradcheck(fn, (x, w, r))
 
 
+@pytest.mark.parametrize("kind", ["layer_norm", "rms_norm"])
+@pytest.mark.parametrize("residual", [False, True])
+def test_dropout_gradcheck(norm_backend, kind, residual):
+    """With the generator reseeded on every call, the dropped function is fixed and smooth. (Fast
+    mode, random directional derivatives: the interpreted Philox makes each Triton call slow.)"""
+    x = torch.randn(3, 13, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(13, dtype=torch.float64, requires_grad=True)
+    r = torch.randn(3, 13, dtype=torch.float64, requires_grad=True) if residual else None
+
+    def fn(x, w, r):
+        torch.manual_seed(7)
+        if kind == "layer_norm":
+            return zenattn.layer_norm(x, (13,), w, None, 1e-5, residual=r, dropout_p=0.4, backend=norm_backend)
+        return zenattn.rms_norm(x, (13,), w, 1e-5, residual=r, dropout_p=0.4, backend=norm_backend)
+    assert torch.autograd.gradcheck(fn, (x, w, r), fast_mode=True)
+
+
 def test_gradcheck_noncontiguous_input():
     base = torch.randn(9, 6, dtype=torch.float64, requires_grad=True)
     w = torch.randn(9, dtype=torch.float64, requires_grad=True)
     fn = lambda base, w: zenattn.layer_norm(base.t(), (9,), w, backend="cpu")  # last-dim stride 6
     assert torch.autograd.gradcheck(fn, (base, w))
+
+
+# ---- dropout: the mask, its rate, its reproducibility ---------------------------------------------
+
+@pytest.mark.parametrize("backend", NORM_KERNELS + ["torch"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_dropout_draws_the_reference_mask(backend, dtype):
+    """s = dropout(ones) + 0 is exactly keep / (1 - p) with the mask norm_dropout_keep_ref gives for the
+    seed drawn from torch's generator: every backend draws the same mask, element for element, over
+    a (2, 3, 37)-shaped input (rows flattened) and odd widths (columns not a multiple of 4)."""
+    p = 0.3
+    x = torch.ones(2, 3, 37, dtype=dtype)
+    torch.manual_seed(11)
+    _, s = zenattn.layer_norm(x, (37,), residual=torch.zeros_like(x), dropout_p=p, backend=backend)
+    torch.manual_seed(11)
+    keep = norm_dropout_keep_ref(int(draw_seed()), 6, 37, p).reshape(x.shape)
+    assert torch.equal(s, (keep.to(dtype) * (1 / (1 - p))).to(dtype))
+
+
+@pytest.mark.parametrize("p", [0.1, 0.5, 0.9])
+def test_dropout_rate_and_scale(p):
+    """Over 2^22 elements the dropped fraction is within 0.01 of p, and kept values are x / (1 - p)."""
+    x = torch.full((1024, 4096), 2.0)
+    _, s = zenattn.rms_norm(x, (4096,), residual=torch.zeros_like(x), dropout_p=p, backend="cpu")
+    dropped = (s == 0).float().mean().item()
+    assert abs(dropped - p) < 0.01, dropped
+    assert torch.equal(s[s != 0].unique(), torch.tensor([2.0 / (1 - p)]))
+
+
+@pytest.mark.parametrize("backend", NORM_KERNELS + ["torch"])
+def test_dropout_reproducible_from_the_generator(backend):
+    """Same torch seed: the same output and gradients; another seed: another mask."""
+    x = torch.randn(9, 64, requires_grad=True)
+    r = torch.randn(9, 64, requires_grad=True)
+
+    def run(seed):
+        torch.manual_seed(seed)
+        y, s = zenattn.layer_norm(x, (64,), residual=r, dropout_p=0.5, backend=backend)
+        gx, gr = torch.autograd.grad((y * y).sum() + s.sum(), (x, r))
+        return y, gx, gr
+
+    first, again, other = run(3), run(3), run(4)
+    assert all(torch.equal(a, b) for a, b in zip(first, again))
+    assert not torch.equal(first[0], other[0])
+    # the input's gradient is zero exactly where the input was dropped; the residual's is not masked
+    dropped = first[1] == 0
+    assert 0.3 < dropped.float().mean() < 0.7
+    assert (first[2][dropped] != 0).all()
+
+
+def test_dropout_zero_is_no_dropout():
+    x = torch.randn(5, 32)
+    assert torch.equal(zenattn.layer_norm(x, (32,), dropout_p=0.0, backend="cpu"),
+                       zenattn.layer_norm(x, (32,), backend="cpu"))
+
+
+def test_dropout_compiles_fullgraph():
+    """The seed is drawn inside the graph (a tensor, not a constant baked in): with the eager
+    generator (aot_eager) the compiled function gives eager's output, and a new mask every call."""
+    torch._dynamo.reset()
+    x = torch.randn(6, 40)
+    w = torch.randn(40)
+    fn = lambda x, w: zenattn.rms_norm(x, (40,), w, dropout_p=0.25, backend="cpu")
+    compiled = torch.compile(fn, fullgraph=True, backend="aot_eager")
+    torch.manual_seed(2)
+    eager = fn(x, w)
+    torch.manual_seed(2)
+    assert torch.equal(compiled(x, w), eager)
+    assert not torch.equal(compiled(x, w), eager)  # the generator moved on: a fresh mask
 
 
 # ---- determinism ---------------------------------------------------------------------------------
@@ -206,7 +293,8 @@ def test_every_cpu_isa_build(isa):
     match the reference (ATen falls back to what the CPU supports, and so do we)."""
     code = textwrap.dedent("""
         import torch, zenattn
-        from zenattn.reference import layer_norm_ref, rms_norm_ref
+        from zenattn.functional.attention import draw_seed
+        from zenattn.reference import layer_norm_ref, norm_dropout_keep_ref, rms_norm_ref
         torch.manual_seed(0)
         print(zenattn.info()["extension"]["cpu_isa"])
         for dtype, tol in ((torch.float32, 1e-5), (torch.bfloat16, 2e-2), (torch.float16, 2e-3)):
@@ -231,6 +319,13 @@ def test_every_cpu_isa_build(isa):
                     for g, r in zip(got, want):
                         rel = (g.double() - r).abs().max().item() / (1 + r.abs().max().item())
                         assert rel < tol * 10, (kind, dtype, n, rel)
+                # the dropout mask: the same in every ISA build
+                ones = torch.ones(13, n, dtype=dtype)
+                torch.manual_seed(1)
+                _, s = zenattn.layer_norm(ones, (n,), residual=torch.zeros_like(ones), dropout_p=0.3)
+                torch.manual_seed(1)
+                keep = norm_dropout_keep_ref(int(draw_seed()), 13, n, 0.3)
+                assert torch.equal(s, (keep.to(dtype) / 0.7).to(dtype)), (dtype, n)
         print("ok")
     """)
     env = dict(os.environ, ATEN_CPU_CAPABILITY=isa)

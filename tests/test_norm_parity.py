@@ -75,6 +75,21 @@ def test_norm_fused_residual(kind, dtype, hidden, backend):
 
 
 @pytest.mark.parametrize("kind", ["layer_norm", "rms_norm"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("hidden", [1, 7, 1500])
+@pytest.mark.parametrize("residual", [False, True], ids=["dropout", "dropout+residual"])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_norm_fused_dropout(kind, dtype, hidden, residual, backend):
+    """norm(dropout(x) + r): the same keep mask as the reference draws for the seed, kept values scaled
+    by 1 / (1 - p), and the input's gradient (masked) apart from the residual's (not)."""
+    leaf, view = make_x("contiguous", 37, hidden, dtype)
+    r = torch.randn(37, hidden).to(dtype) if residual else None
+    w = torch.randn(hidden).to(dtype)
+    b = torch.randn(hidden).to(dtype) if kind == "layer_norm" else None
+    check_parity(kind, leaf, view, w, b, r, 1e-5, dtype, backend, dropout_p=0.3)
+
+
+@pytest.mark.parametrize("kind", ["layer_norm", "rms_norm"])
 def test_norm_multi_dim_normalized_shape(kind):
     """normalized_shape over the last two dims, like torch's."""
     x = torch.randn(5, 3, 4, 6)

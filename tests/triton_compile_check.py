@@ -32,11 +32,14 @@ CASES = [
     ("layer_norm bwd bf16 hidden 4096 sm90", "norm_bwd", "bf16", 4096, True, 90, None),
     ("layer_norm fwd bf16 hidden 65536 sm80", "norm_fwd", "bf16", 65536, True, 80, None),
     ("layer_norm bwd bf16 hidden 65536 sm80", "norm_bwd", "bf16", 65536, True, 80, None),
+    # the widest autotuning configuration, without the dropout
+    ("layer_norm fwd fp16 hidden 1024 sm80 32 warps", "norm_fwd", "fp16", 1024, False, 80, dict(num_warps=32)),
+    ("layer_norm bwd fp16 hidden 1024 sm80 32 warps", "norm_bwd", "fp16", 1024, False, 80, dict(num_warps=32)),
 ]
 
 # Shared memory a block may use after opting in (CUDA programming guide, compute capabilities).
 SMEM_LIMIT = {80: 163 * 1024, 90: 227 * 1024}
-FLOAT_ARGS = {"scale", "softcap", "keep_scale", "eps"}
+FLOAT_ARGS = {"scale", "softcap", "keep_scale", "eps", "drop_scale"}
 INT64_ARGS = {"seed"}
 INT_ARGS_UPPER = {"H", "G", "D", "DV", "N", "TUNE_N"}  # upper-case names that are not pointers
 
@@ -82,12 +85,13 @@ def compile_case(kernel: str, dtype: str, size: int, features: bool, arch: int, 
         if kernel == "norm_fwd":
             fn = norm._norm_fwd_kernel
             pointers = dict(X=t, R=t, W=t, B=t, Y=t, S=t, MEAN=stat, RSTD=stat)
-            const.update(HAS_RESIDUAL=True, HAS_B=True)
+            const.update(HAS_RESIDUAL=True, HAS_DROPOUT=features, HAS_B=True)
         else:
             fn = norm._norm_bwd_kernel
-            pointers = dict(DY=t, DSUM=t, X=t, W=t, MEAN=stat, RSTD=stat, DX=t, DW_PART=stat, DB_PART=stat)
-            const.update(HAS_DSUM=True, HAS_DB=True)
-        return compile_kernel(fn, pointers, const, arch, num_warps=norm._warps(size))
+            pointers = dict(DY=t, DSUM=t, X=t, W=t, MEAN=stat, RSTD=stat, DX=t, DRES=t, DW_PART=stat,
+                            DB_PART=stat)
+            const.update(HAS_DSUM=True, HAS_DROPOUT=features, HAS_DRES=features, HAS_DB=True)
+        return compile_kernel(fn, pointers, const, arch, num_warps=(config or {}).get("num_warps", norm._warps(size)))
     fn = {"fwd": attention._attn_fwd_kernel, "bwd_dkdv": attention._attn_bwd_dkdv_kernel,
           "bwd_dq": attention._attn_bwd_dq_kernel}[kernel]
     config = dict(config or attention.gpu_fixed_config(size, size))

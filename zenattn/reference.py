@@ -30,13 +30,16 @@ def layer_norm_ref(
     eps: float = 1e-5,
     residual: Optional[Tensor] = None,
     upcast: bool = False,
+    dropout_p: float = 0.0,
+    dropout_keep: Optional[Tensor] = None,
 ) -> Union[Tensor, tuple[Tensor, Tensor]]:
-    """``(x [+ residual] - mean) / sqrt(var + eps) * weight + bias`` over the trailing dims.
+    """``(s - mean) / sqrt(var + eps) * weight + bias`` over the trailing dims, where
+    ``s = dropout(x) + residual`` (see :func:`prenorm_sum_ref`; plain ``x`` by default).
 
-    With ``residual``, returns ``(y, x + residual)`` (the pre-norm pattern); the sum is taken in
-    x's dtype and that rounded sum is what gets normalized.
+    With ``residual``, returns ``(y, s)`` (the pre-norm pattern); the sum is taken in x's dtype and
+    that rounded sum is what gets normalized.
     """
-    s = x if residual is None else x + residual
+    s = prenorm_sum_ref(x, residual, dropout_p, dropout_keep)
     dtype = s.dtype
     h = s.float() if upcast and dtype in (torch.float16, torch.bfloat16) else s
     dims = _dims(normalized_shape)
@@ -58,12 +61,15 @@ def rms_norm_ref(
     eps: Optional[float] = None,
     residual: Optional[Tensor] = None,
     upcast: bool = False,
+    dropout_p: float = 0.0,
+    dropout_keep: Optional[Tensor] = None,
 ) -> Union[Tensor, tuple[Tensor, Tensor]]:
-    """``x [+ residual] / sqrt(mean(x^2) + eps) * weight`` over the trailing dims.
+    """``s / sqrt(mean(s^2) + eps) * weight`` over the trailing dims, ``s = dropout(x) + residual``
+    as in :func:`layer_norm_ref` (returning ``(y, s)`` with ``residual``).
 
     ``eps=None`` means ``torch.finfo(x.dtype).eps``, as in ``torch.nn.functional.rms_norm``.
     """
-    s = x if residual is None else x + residual
+    s = prenorm_sum_ref(x, residual, dropout_p, dropout_keep)
     dtype = s.dtype
     if eps is None:
         eps = torch.finfo(dtype).eps
@@ -74,6 +80,29 @@ def rms_norm_ref(
         y = y * weight.to(y.dtype)
     y = y.to(dtype)
     return y if residual is None else (y, s)
+
+
+def prenorm_sum_ref(x: Tensor, residual: Optional[Tensor] = None, dropout_p: float = 0.0,
+                    dropout_keep: Optional[Tensor] = None) -> Tensor:
+    """What the norms normalize: ``x``, or ``dropout(x) + residual`` with the residual and/or the
+    dropout keep mask (bool, x's shape; see :func:`norm_dropout_keep_ref`). With dropout, kept
+    elements are scaled by ``1 / (1 - dropout_p)``, the sum is formed in float32 (float64 for
+    float64 input) and rounded once to x's dtype, as the kernels do."""
+    if dropout_keep is None:
+        return x if residual is None else x + residual
+    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    s = x.to(acc) * dropout_keep.to(acc) * (1.0 / (1.0 - dropout_p))
+    if residual is not None:
+        s = s + residual.to(acc)
+    return s.to(x.dtype)
+
+
+def norm_dropout_keep_ref(seed: int, rows: int, cols: int, p: float,
+                          device: Optional[torch.device] = None) -> Tensor:
+    """The dropout mask the norm kernels draw for ``seed``: bool ``(rows, cols)``, True where kept, for
+    the input viewed as (rows, cols), cols the product of the normalized dims. Element (r, j) takes
+    the attention mask's score (b=0, h=0, i=r, j) of :func:`dropout_keep_ref`: one Philox stream."""
+    return dropout_keep_ref(seed, 1, 1, rows, cols, p, device)[0, 0]
 
 
 _MASK32 = 0xFFFFFFFF

@@ -86,9 +86,11 @@ std::vector<int64_t> leading_shape(const at::Tensor& x) {
   return s;
 }
 
+}  // namespace
+
 std::vector<at::Tensor> norm_fwd(const at::Tensor& x, const std::optional<at::Tensor>& weight,
-                                 const std::optional<at::Tensor>& bias,
-                                 const std::optional<at::Tensor>& residual, double eps, bool rms) {
+                                 const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& residual,
+                                 double eps, bool rms, int64_t seed, double dropout_p) {
   const int64_t cols = x.size(-1);
   const at::Tensor x2 = as_rows(x, cols);
   const int64_t rows = x2.size(0);
@@ -108,9 +110,13 @@ std::vector<at::Tensor> norm_fwd(const at::Tensor& x, const std::optional<at::Te
   at::Tensor res2, sum;
   if (residual.has_value()) {
     res2 = as_rows(*residual, cols);
-    sum = empty_output(x);
     p.residual = res2.data_ptr();
     p.residual_stride = res2.stride(0);
+  }
+  p.dropout_seed = static_cast<uint64_t>(seed);
+  p.dropout_p = dropout_p;
+  if (residual.has_value() || dropout_p > 0) {
+    sum = empty_output(x);
     p.sum = sum.data_ptr();
   }
   // Weight and bias are 1-D and tiny: make them contiguous rather than carry a stride.
@@ -122,14 +128,13 @@ std::vector<at::Tensor> norm_fwd(const at::Tensor& x, const std::optional<at::Te
   p.mean = rms ? nullptr : mean.data_ptr();
   p.rstd = rstd.data_ptr();
   run_fwd(p);
-  if (rms) return {y, sum, rstd};
   return {y, sum, mean, rstd};
 }
 
-std::vector<at::Tensor> norm_bwd(const at::Tensor& dy, const std::optional<at::Tensor>& dsum,
-                                 const at::Tensor& x, const std::optional<at::Tensor>& weight,
-                                 const std::optional<at::Tensor>& mean, const at::Tensor& rstd,
-                                 bool has_bias, bool rms, double eps) {
+std::vector<at::Tensor> norm_bwd(const at::Tensor& dy, const std::optional<at::Tensor>& dsum, const at::Tensor& x,
+                                 const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& mean,
+                                 const at::Tensor& rstd, bool has_bias, double eps, bool rms, int64_t seed,
+                                 double dropout_p, bool has_residual) {
   const int64_t cols = x.size(-1);
   const at::Tensor x2 = as_rows(x, cols);
   const at::Tensor dy2 = as_rows(dy, cols);
@@ -160,6 +165,13 @@ std::vector<at::Tensor> norm_bwd(const at::Tensor& dy, const std::optional<at::T
   p.mean = mean_c.defined() ? mean_c.data_ptr() : nullptr;
   p.rstd = rstd_c.data_ptr();
   p.dx = dx.data_ptr();
+  at::Tensor dres;
+  if (has_residual && dropout_p > 0) {
+    dres = empty_output(x);
+    p.dres = dres.data_ptr();
+  }
+  p.dropout_seed = static_cast<uint64_t>(seed);
+  p.dropout_p = dropout_p;
   p.num_chunks = norm_bwd_num_chunks(rows);
 
   at::Tensor dw, db, dw_part, db_part;
@@ -176,40 +188,14 @@ std::vector<at::Tensor> norm_bwd(const at::Tensor& dy, const std::optional<at::T
     p.dbias_partial = db_part.data_ptr();
   }
   run_bwd(p);
-  if (rms) return {dx, dw};
-  return {dx, dw, db};
+  return {dx, dw, db, dres};
 }
-
-}  // namespace
 
 int64_t norm_bwd_num_chunks(int64_t rows) {
   // Enough chunks to keep many threads busy, few enough that zeroing and reducing the
   // (chunks, cols) partials stays small next to the rows themselves.
   constexpr int64_t kMaxChunks = 64;
   return std::min(rows, kMaxChunks);
-}
-
-std::vector<at::Tensor> layer_norm_fwd(const at::Tensor& x, const std::optional<at::Tensor>& weight,
-                                       const std::optional<at::Tensor>& bias,
-                                       const std::optional<at::Tensor>& residual, double eps) {
-  return norm_fwd(x, weight, bias, residual, eps, /*rms=*/false);
-}
-
-std::vector<at::Tensor> layer_norm_bwd(const at::Tensor& dy, const std::optional<at::Tensor>& dsum,
-                                       const at::Tensor& x, const std::optional<at::Tensor>& weight,
-                                       const at::Tensor& mean, const at::Tensor& rstd, bool has_bias) {
-  return norm_bwd(dy, dsum, x, weight, mean, rstd, has_bias, /*rms=*/false, /*eps=*/0.0);
-}
-
-std::vector<at::Tensor> rms_norm_fwd(const at::Tensor& x, const std::optional<at::Tensor>& weight,
-                                     const std::optional<at::Tensor>& residual, double eps) {
-  return norm_fwd(x, weight, std::nullopt, residual, eps, /*rms=*/true);
-}
-
-std::vector<at::Tensor> rms_norm_bwd(const at::Tensor& dy, const std::optional<at::Tensor>& dsum,
-                                     const at::Tensor& x, const std::optional<at::Tensor>& weight,
-                                     const at::Tensor& rstd, double eps) {
-  return norm_bwd(dy, dsum, x, weight, std::nullopt, rstd, /*has_bias=*/false, /*rms=*/true, eps);
 }
 
 }  // namespace zenattn::cpu

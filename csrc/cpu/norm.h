@@ -24,6 +24,8 @@ struct NormFwdParams {
   int64_t x_stride;
   const void* residual;          // (rows, cols) or null; when set, the rows normalized are x + residual
   int64_t residual_stride;
+  uint64_t dropout_seed;         // dropout on x before the residual add, when dropout_p > 0
+  double dropout_p;
   const void* weight;            // (cols,) or null
   const void* bias;              // (cols,) or null (always null for RMSNorm)
   void* y;                       // (rows, cols) contiguous output
@@ -32,7 +34,7 @@ struct NormFwdParams {
   void* rstd;                    // (rows,) opmath: 1 / sqrt(var + eps) (mean square for RMSNorm)
 };
 
-// Backward. `x` is the tensor that was normalized (x + residual when the residual was fused).
+// Backward. `x` is the tensor that was normalized (s when the residual or dropout was fused).
 // dw/db are reduced through fp32 (opmath) partials, one row per chunk of rows; chunks depend only
 // on the shape, so the result is bitwise repeatable whatever the thread count.
 struct NormBwdParams {
@@ -49,7 +51,10 @@ struct NormBwdParams {
   const void* weight;            // (cols,) or null
   const void* mean;              // (rows,) opmath, or null for RMSNorm
   const void* rstd;              // (rows,) opmath
-  void* dx;                      // (rows, cols) contiguous
+  void* dx;                      // (rows, cols) contiguous: the input's gradient (through the dropout mask)
+  void* dres;                    // (rows, cols) contiguous: the residual's, when it differs (dropout on); or null
+  uint64_t dropout_seed;         // the forward's dropout
+  double dropout_p;
   void* dweight;                 // (cols,) dtype, or null when there is no weight
   void* dbias;                   // (cols,) dtype, or null when there is no bias
   int64_t num_chunks;            // rows are split into this many contiguous chunks
@@ -72,19 +77,15 @@ ZENATTN_DECLARE_NORM_KERNELS(AVX512)
 #undef ZENATTN_DECLARE_NORM_KERNELS
 
 // Launchers: flatten to (rows, cols), allocate outputs, run the kernel for this machine's ISA.
-// Inputs are already checked (csrc/bindings.cpp). Absent outputs are returned as undefined tensors.
-//   layer_norm_fwd -> {y, sum, mean, rstd}      rms_norm_fwd -> {y, sum, rstd}
-//   layer_norm_bwd -> {dx, dweight, dbias}      rms_norm_bwd -> {dx, dweight}
-std::vector<at::Tensor> layer_norm_fwd(const at::Tensor& x, const std::optional<at::Tensor>& weight,
-                                       const std::optional<at::Tensor>& bias,
-                                       const std::optional<at::Tensor>& residual, double eps);
-std::vector<at::Tensor> layer_norm_bwd(const at::Tensor& dy, const std::optional<at::Tensor>& dsum,
-                                       const at::Tensor& x, const std::optional<at::Tensor>& weight,
-                                       const at::Tensor& mean, const at::Tensor& rstd, bool has_bias);
-std::vector<at::Tensor> rms_norm_fwd(const at::Tensor& x, const std::optional<at::Tensor>& weight,
-                                     const std::optional<at::Tensor>& residual, double eps);
-std::vector<at::Tensor> rms_norm_bwd(const at::Tensor& dy, const std::optional<at::Tensor>& dsum,
-                                     const at::Tensor& x, const std::optional<at::Tensor>& weight,
-                                     const at::Tensor& rstd, double eps);
+// Inputs are already checked (csrc/bindings.cpp). Absent outputs are returned as undefined tensors
+// (None in Python). They have the row-kernel signatures of zenattn/ops/norm.py's RowLaunchers:
+//   norm_fwd -> {y, sum, mean, rstd}      norm_bwd -> {dx, dweight, dbias, dresidual}
+std::vector<at::Tensor> norm_fwd(const at::Tensor& x, const std::optional<at::Tensor>& weight,
+                                 const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& residual,
+                                 double eps, bool rms, int64_t seed, double dropout_p);
+std::vector<at::Tensor> norm_bwd(const at::Tensor& dy, const std::optional<at::Tensor>& dsum, const at::Tensor& x,
+                                 const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& mean,
+                                 const at::Tensor& rstd, bool has_bias, double eps, bool rms, int64_t seed,
+                                 double dropout_p, bool has_residual);
 
 }  // namespace zenattn::cpu

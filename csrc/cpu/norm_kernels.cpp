@@ -3,11 +3,17 @@
 // CPU_CAPABILITY = DEFAULT | AVX2 | AVX512), so everything here lives in zenattn::cpu::<ISA>.
 //
 // Numerics: statistics in the opmath type (fp32 for fp16/bf16/fp32, fp64 for fp64).
-//  - LayerNorm mean is taken of (x - x[0]) and the variance of (x - x[0]) - mean(x - x[0]): shifting
-//    by a value of the row keeps rows with a large common offset (mean 1e6, std 1) exact enough,
-//    where a plain sum of x would lose every digit of the deviation.
+//  - LayerNorm: a first pass takes shift = x[0] + mean(x - x[0]), the row mean to within rounding
+//    (a shift by a value of the row keeps rows with a large common offset, mean 1e6 and std 1,
+//    exact, where a plain sum of x would lose every digit of the deviation). The deviations are
+//    then (x - shift) - delta with delta = mean(x - shift): rounded at the scale of the deviations
+//    themselves, as x - mean would be, not at the scale of x[0] (which cost 2-3x torch's fp32 error).
 //  - Constant rows have variance exactly 0, so y = bias (finite for any eps > 0).
+// Fused pre-norm input: s = dropout(x) + residual (each part optional) is formed in the opmath type,
+// rounded once to T, written out and normalized. The dropout mask is Philox of (seed, row, column)
+// (csrc/common/philox.h, the attention kernels' stream), so the backward redraws it.
 #include "cpu/norm.h"
+#include "common/philox.h"
 
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -95,6 +101,29 @@ struct OpmathRow {
   }
 };
 
+// The dropout multipliers of one row: 1 / (1 - p) where an element is kept, 0 where it is dropped
+// (a multiply, not a select: a dropped inf gives NaN, as in F.dropout). Element (r, j) is kept as
+// attention score (0, r, j) is: DropoutRng::keep4(0, r, j / 4), bit j % 4.
+template <typename A>
+struct DropoutRow {
+  DropoutRng rng;
+  A scale;
+  std::vector<A> buf;
+  DropoutRow(uint64_t seed, double p, int64_t n)
+      : rng{seed, DropoutRng::threshold_for(p)}, scale(static_cast<A>(1.0 / (1.0 - p))), buf(p > 0 ? n : 0) {}
+
+  bool on() const { return !buf.empty(); }
+
+  const A* fill(int64_t r) {
+    const int64_t n = static_cast<int64_t>(buf.size());
+    for (int64_t j = 0; j < n; j += 4) {
+      const uint32_t bits = rng.keep4(0, uint64_t(r), uint64_t(j >> 2));
+      for (int64_t b = 0; b < 4 && j + b < n; ++b) buf[j + b] = (bits >> b) & 1u ? scale : A(0);
+    }
+    return buf.data();
+  }
+};
+
 // Calls f(std::integral_constant<bool, cond>{}) so `cond` becomes a compile-time constant.
 template <typename F>
 inline void bool_switch(bool cond, F&& f) {
@@ -108,7 +137,7 @@ inline void bool_switch(bool cond, F&& f) {
 // ---------------------------------------------------------------------------------------------
 // Forward: rows [r0, r1).
 // ---------------------------------------------------------------------------------------------
-template <typename T, bool kRms, bool kResidual, bool kWeight, bool kBias>
+template <typename T, bool kRms, bool kFused, bool kWeight, bool kBias>
 void norm_fwd_rows(const NormFwdParams& p, int64_t r0, int64_t r1) {
   using S = Step<T>;
   using A = typename S::A;
@@ -119,6 +148,7 @@ void norm_fwd_rows(const NormFwdParams& p, int64_t r0, int64_t r1) {
   using SA = Step<A>;  // the same step size as S, over opmath data
   static_assert(SA::kSize == S::kSize && SA::kVecs == V, "steps must line up");
   OpmathRow<T> w_row(kWeight ? N : 0), b_row(kBias ? N : 0), x_row(N);
+  DropoutRow<A> drop(p.dropout_seed, kFused ? p.dropout_p : 0.0, N);
   const A* w = kWeight ? w_row.convert(static_cast<const T*>(p.weight), N) : nullptr;
   const A* b = kBias ? b_row.convert(static_cast<const T*>(p.bias), N) : nullptr;
 
@@ -126,60 +156,82 @@ void norm_fwd_rows(const NormFwdParams& p, int64_t r0, int64_t r1) {
     const T* x_in = static_cast<const T*>(p.x) + r * p.x_stride;
     T* y = static_cast<T*>(p.y) + r * N;
 
-    // Step 1 (pre-norm residual): s = x + residual, stored in T; the stored (rounded) sum is what
+    // Step 1 (pre-norm): s = dropout(x) + residual, stored in T; the stored (rounded) sum is what
     // gets normalized, exactly like `layer_norm(x + residual)` in T.
-    if constexpr (kResidual) {
-      const T* res = static_cast<const T*>(p.residual) + r * p.residual_stride;
+    if constexpr (kFused) {
+      const T* res = p.residual ? static_cast<const T*>(p.residual) + r * p.residual_stride : nullptr;
+      const A* m = drop.on() ? drop.fill(r) : nullptr;
       T* s = static_cast<T*>(p.sum) + r * N;
       int64_t j = 0;
       for (; j < n_vec; j += S::kSize) {
         AVec a[V], c[V];
         S::load(x_in + j, a);
-        S::load(res + j, c);
-        for (int v = 0; v < V; ++v) a[v] = a[v] + c[v];
+        if (m) {
+          SA::load(m + j, c);
+          for (int v = 0; v < V; ++v) a[v] = a[v] * c[v];
+        }
+        if (res) {
+          S::load(res + j, c);
+          for (int v = 0; v < V; ++v) a[v] = a[v] + c[v];
+        }
         S::store(s + j, a);
       }
-      for (; j < N; ++j) s[j] = static_cast<T>(static_cast<A>(x_in[j]) + static_cast<A>(res[j]));
+      for (; j < N; ++j) {
+        A a = static_cast<A>(x_in[j]);
+        if (m) a = a * m[j];
+        if (res) a = a + static_cast<A>(res[j]);
+        s[j] = static_cast<T>(a);
+      }
       x_in = s;
     }
     const A* x = x_row.convert(x_in, N);
 
-    // Step 2: statistics. shift = x[0] for LayerNorm (see the file comment), 0 for RMSNorm.
-    const A shift = kRms ? A(0) : static_cast<A>(x[0]);
-    A delta = 0;  // mean(x - shift)
+    // Step 2: statistics (see the file comment). LayerNorm: shift = x[0] + mean(x - x[0]), the row
+    // mean to within rounding; then delta = mean(x - shift), a tiny correction, and the variance from
+    // the deviations (x - shift) - delta. RMSNorm: shift = delta = 0.
+    A shift = 0, delta = 0;
     if constexpr (!kRms) {
-      AVec acc[V] = {}, shift_v(shift);
+      const A x0 = static_cast<A>(x[0]);
+      AVec acc[V] = {}, x0_v(x0);
       int64_t j = 0;
       for (; j < n_vec; j += S::kSize) {
         AVec a[V];
         SA::load(x + j, a);
-        for (int v = 0; v < V; ++v) acc[v] = acc[v] + (a[v] - shift_v);
+        for (int v = 0; v < V; ++v) acc[v] = acc[v] + (a[v] - x0_v);
       }
       A total = 0;
       for (int v = 0; v < V; ++v) total += hsum(acc[v]);
-      for (; j < N; ++j) total += x[j] - shift;
-      delta = total / static_cast<A>(N);
+      for (; j < N; ++j) total += x[j] - x0;
+      shift = x0 + total / static_cast<A>(N);
     }
-    const A center = shift + delta;  // the row mean
     A sq = 0;
     {
-      AVec acc[V] = {}, shift_v(shift), delta_v(delta);
+      AVec acc[V] = {}, acc_d[V] = {}, shift_v(shift);
       int64_t j = 0;
       for (; j < n_vec; j += S::kSize) {
         AVec a[V];
         SA::load(x + j, a);
         for (int v = 0; v < V; ++v) {
-          AVec c = kRms ? a[v] : (a[v] - shift_v) - delta_v;
+          AVec c = kRms ? a[v] : a[v] - shift_v;
+          if constexpr (!kRms) acc_d[v] = acc_d[v] + c;
           acc[v] = at::vec::fmadd(c, c, acc[v]);
         }
       }
-      for (int v = 0; v < V; ++v) sq += hsum(acc[v]);
+      A total_d = 0;
+      for (int v = 0; v < V; ++v) {
+        sq += hsum(acc[v]);
+        total_d += hsum(acc_d[v]);
+      }
       for (; j < N; ++j) {
-        A c = kRms ? x[j] : (x[j] - shift) - delta;
+        A c = kRms ? x[j] : x[j] - shift;
+        total_d += c;
         sq += c * c;
       }
+      if constexpr (!kRms) delta = total_d / static_cast<A>(N);
     }
-    const A var = sq / static_cast<A>(N);
+    const A center = shift + delta;  // the row mean
+    // mean((x - shift)^2) - delta^2 = mean(((x - shift) - delta)^2); delta is tiny, so nothing cancels.
+    const A var = std::max(sq / static_cast<A>(N) - delta * delta, A(0));
     const A rstd = A(1) / std::sqrt(var + static_cast<A>(p.eps));
     if constexpr (!kRms) static_cast<A*>(p.mean)[r] = center;
     static_cast<A*>(p.rstd)[r] = rstd;
@@ -218,11 +270,11 @@ void norm_fwd_typed(const NormFwdParams& p) {
   // At least ~32k elements per task so small problems do not pay for waking threads.
   const int64_t grain = std::max<int64_t>(1, at::internal::GRAIN_SIZE / std::max<int64_t>(1, p.cols));
   bool_switch(p.rms, [&](auto rms) {
-    bool_switch(p.residual != nullptr, [&](auto res) {
+    bool_switch(p.residual != nullptr || p.dropout_p > 0, [&](auto fused) {
       bool_switch(p.weight != nullptr, [&](auto w) {
         bool_switch(p.bias != nullptr && !rms, [&](auto b) {
           at::parallel_for(0, p.rows, grain, [&](int64_t r0, int64_t r1) {
-            norm_fwd_rows<T, rms, res, w, b>(p, r0, r1);
+            norm_fwd_rows<T, rms, fused, w, b>(p, r0, r1);
           });
         });
       });
@@ -244,15 +296,21 @@ void norm_bwd_rows(const NormBwdParams& p, int64_t r0, int64_t r1,
   using AVec = typename S::AVec;
   constexpr int V = S::kVecs;
   constexpr int L = AVec::size();
+  using SA = Step<A>;
   const int64_t N = p.cols;
   const int64_t n_vec = N - N % S::kSize;
   const A inv_n = A(1) / static_cast<A>(N);
   const T* w = static_cast<const T*>(p.weight);
+  DropoutRow<A> drop(p.dropout_seed, p.dropout_p, N);
 
   for (int64_t r = r0; r < r1; ++r) {
     const T* x = static_cast<const T*>(p.x) + r * p.x_stride;
     const T* dy = static_cast<const T*>(p.dy) + r * p.dy_stride;
     T* dx = static_cast<T*>(p.dx) + r * N;
+    // dx below is first the gradient of s: the residual's (dres, when dropout makes it differ);
+    // the input's passes back through the forward's keep mask and scale (m).
+    T* dres = p.dres ? static_cast<T*>(p.dres) + r * N : nullptr;
+    const A* m = drop.on() ? drop.fill(r) : nullptr;
     const A mean = kRms ? A(0) : static_cast<const A*>(p.mean)[r];
     const A rstd = static_cast<const A*>(p.rstd)[r];
     const AVec mean_v(mean), rstd_v(rstd);
@@ -304,7 +362,8 @@ void norm_bwd_rows(const NormBwdParams& p, int64_t r0, int64_t r1,
       const A xg = kWeight ? static_cast<A>(dy[0]) * static_cast<A>(w[0]) : static_cast<A>(dy[0]);
       A out = xg * static_cast<A>(p.eps) * rstd * rstd * rstd;
       if constexpr (kDsum) out += static_cast<A>(static_cast<const T*>(p.dsum)[r * p.dsum_stride]);
-      dx[0] = static_cast<T>(out);
+      if (dres) dres[0] = static_cast<T>(out);
+      dx[0] = static_cast<T>(m ? out * m[0] : out);
       continue;
     }
 
@@ -326,6 +385,11 @@ void norm_bwd_rows(const NormBwdParams& p, int64_t r0, int64_t r1,
           if constexpr (kDsum) d = d + dsv[v];
           xv[v] = d;
         }
+        if (m) {
+          if (dres) S::store(dres + j, xv);
+          SA::load(m + j, dyv);
+          for (int v = 0; v < V; ++v) xv[v] = xv[v] * dyv[v];
+        }
         S::store(dx + j, xv);
       }
       for (; j < N; ++j) {
@@ -334,7 +398,8 @@ void norm_bwd_rows(const NormBwdParams& p, int64_t r0, int64_t r1,
         const A g = kWeight ? d * static_cast<A>(w[j]) : d;
         A out = (g - xhat * c1 - c2) * rstd;
         if constexpr (kDsum) out += static_cast<A>(ds[j]);
-        dx[j] = static_cast<T>(out);
+        if (dres) dres[j] = static_cast<T>(out);
+        dx[j] = static_cast<T>(m ? out * m[j] : out);
       }
     }
   }

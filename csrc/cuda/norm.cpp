@@ -8,6 +8,7 @@
 
 #include <climits>
 
+#include "common/philox.h"
 #include "cuda/norm_params.h"
 
 namespace zenattn {
@@ -40,6 +41,16 @@ void check_like(const at::Tensor& t, const at::Tensor& like, at::IntArrayRef siz
               " must have a unit last stride, got strides ", t.strides());
 }
 
+NormDropout dropout_of(int64_t seed, double p) {
+  TORCH_CHECK(p >= 0.0 && p < 1.0, kOp, ": dropout_p must be in [0, 1), got ", p);
+  NormDropout d{};
+  d.on = p > 0.0;
+  d.seed = static_cast<uint64_t>(seed);
+  d.threshold = DropoutRng::threshold_for(p);
+  d.scale = static_cast<float>(1.0 / (1.0 - p));
+  return d;
+}
+
 void check_status(cudaError_t status, const char* what) {
   TORCH_CHECK(status == cudaSuccess, kOp, ": ", what, " failed: ", cudaGetErrorString(status));
 }
@@ -48,7 +59,7 @@ void check_status(cudaError_t status, const char* what) {
 
 std::vector<at::Tensor> norm_fwd(const at::Tensor& x, const std::optional<at::Tensor>& weight,
                                  const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& residual,
-                                 double eps, bool rms, int64_t stream) {
+                                 double eps, bool rms, int64_t seed, double dropout_p, int64_t stream) {
   TORCH_CHECK(x.is_cuda(), kOp, ": input is on ", x.device(), ", expected a CUDA device");
   TORCH_CHECK(x.dim() == 2, kOp, ": input must be (rows, n), got shape ", x.sizes());
   const DType dtype = dtype_of(x, "input");
@@ -61,7 +72,9 @@ std::vector<at::Tensor> norm_fwd(const at::Tensor& x, const std::optional<at::Te
   if (residual) check_like(*residual, x, x.sizes(), "residual");
   at::Tensor wt = weight ? weight->contiguous() : at::Tensor(), bt = bias ? bias->contiguous() : at::Tensor();
   at::Tensor y = at::empty({rows, n}, x.options());
-  at::Tensor sum = residual ? at::empty({rows, n}, x.options()) : at::empty({0}, x.options());
+  const NormDropout dropout = dropout_of(seed, dropout_p);
+  const bool fused = residual.has_value() || dropout.on;
+  at::Tensor sum = fused ? at::empty({rows, n}, x.options()) : at::empty({0}, x.options());
   const auto stats = x.options().dtype(at::kFloat);
   at::Tensor mean = rms ? at::empty({0}, stats) : at::empty({rows}, stats);
   at::Tensor rstd = at::empty({rows}, stats);
@@ -78,17 +91,19 @@ std::vector<at::Tensor> norm_fwd(const at::Tensor& x, const std::optional<at::Te
   p.w = wt.defined() ? wt.data_ptr() : nullptr;
   p.b = bt.defined() ? bt.data_ptr() : nullptr;
   p.y = y.data_ptr();
-  p.sum = residual ? sum.data_ptr() : nullptr;
+  p.sum = fused ? sum.data_ptr() : nullptr;
   p.mean = rms ? nullptr : mean.data_ptr<float>();
   p.rstd = rstd.data_ptr<float>();
   p.eps = static_cast<float>(eps);
+  p.dropout = dropout;
   check_status(launch_norm_fwd(p, reinterpret_cast<cudaStream_t>(stream)), "the forward kernel launch");
   return {y, sum, mean, rstd};
 }
 
 std::vector<at::Tensor> norm_bwd(const at::Tensor& dy, const std::optional<at::Tensor>& dsum, const at::Tensor& x,
                                  const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& mean,
-                                 const at::Tensor& rstd, bool has_bias, bool rms, double eps, int64_t stream) {
+                                 const at::Tensor& rstd, bool has_bias, bool rms, double eps, int64_t seed,
+                                 double dropout_p, bool has_residual, int64_t stream) {
   TORCH_CHECK(x.is_cuda(), kOp, ": input is on ", x.device(), ", expected a CUDA device");
   TORCH_CHECK(x.dim() == 2, kOp, ": input must be (rows, n), got shape ", x.sizes());
   const DType dtype = dtype_of(x, "input");
@@ -107,7 +122,9 @@ std::vector<at::Tensor> norm_bwd(const at::Tensor& dy, const std::optional<at::T
   const at::Tensor mc = rms ? at::Tensor() : mean->contiguous(), rc = rstd.contiguous();
   const int64_t programs = std::max<int64_t>(1, std::min(rows, kBwdPrograms));
   const auto part = x.options().dtype(at::kFloat);
+  const NormDropout dropout = dropout_of(seed, dropout_p);
   at::Tensor dx = at::empty({rows, n}, x.options());
+  at::Tensor dres = dropout.on && has_residual ? at::empty({rows, n}, x.options()) : at::empty({0}, x.options());
   // The kernel writes every partial row (rows >= 1); with no rows the gradients are zeros.
   const auto partials = [&](bool wanted) {
     return !wanted ? at::Tensor() : rows > 0 ? at::empty({programs, n}, part) : at::zeros({programs, n}, part);
@@ -128,13 +145,15 @@ std::vector<at::Tensor> norm_bwd(const at::Tensor& dy, const std::optional<at::T
   p.mean = rms ? nullptr : mc.data_ptr<float>();
   p.rstd = rc.data_ptr<float>();
   p.dx = dx.data_ptr();
+  p.dres = dres.numel() > 0 ? dres.data_ptr() : nullptr;
+  p.dropout = dropout;
   p.dw_part = dw_part.defined() ? dw_part.data_ptr<float>() : nullptr;
   p.db_part = db_part.defined() ? db_part.data_ptr<float>() : nullptr;
   check_status(launch_norm_bwd(p, reinterpret_cast<cudaStream_t>(stream)), "the backward kernel launch");
   // The partial rows summed in a fixed order (a plain reduction over dim 0: deterministic).
   at::Tensor dw = weight ? dw_part.sum(0).to(x.scalar_type()) : at::empty({0}, x.options());
   at::Tensor db = has_bias ? db_part.sum(0).to(x.scalar_type()) : at::empty({0}, x.options());
-  return {dx, dw, db};
+  return {dx, dw, db, dres};
 }
 
 }  // namespace cuda

@@ -2,7 +2,8 @@
 // blk + programs, ... With g = dy * w and xhat = (x - mean) * rstd (RMSNorm: x * rstd):
 //   LayerNorm  dx = rstd * (g - mean(g) - xhat * mean(g * xhat))
 //   RMSNorm    dx = rstd * (g - xhat * mean(g * xhat))
-// plus the gradient of the returned sum when the residual add was fused. The weight and bias
+// plus the gradient of the returned sum when the residual add was fused. With dropout, that is the
+// residual's gradient (written to dres) and the input's is it times the forward's mask and scale. The weight and bias
 // gradients of a block's rows accumulate in its own fp32 row of dw_part / db_part, each column
 // owned by one thread (no atomics; the block's first row writes, the later ones add); the caller
 // sums the rows in a fixed order.
@@ -28,6 +29,7 @@ __global__ void __launch_bounds__(kBwdMaxThreads, 1) norm_bwd_kernel(NormBwdPara
     const T* dy = static_cast<const T*>(p.dy) + row * n;
     const T* dsum = p.dsum ? static_cast<const T*>(p.dsum) + row * n : nullptr;
     T* dx = static_cast<T*>(p.dx) + row * n;
+    T* dres = p.dres ? static_cast<T*>(p.dres) + row * n : nullptr;
     const float mean = RMS ? 0.0f : p.mean[row];
     const float rstd = p.rstd[row];
 
@@ -66,6 +68,13 @@ __global__ void __launch_bounds__(kBwdMaxThreads, 1) norm_bwd_kernel(NormBwdPara
         if (dw) dw[j + i] = (first ? 0.0f : dw[j + i]) + dyv[i] * xhat;
         if (db) db[j + i] = (first ? 0.0f : db[j + i]) + dyv[i];
       }
+      if (p.dropout.on) {
+        if (dres) store<T, V>(dres + j, out);
+        float m[V];
+        dropout_multipliers<V>(p.dropout, row, j, m);
+#pragma unroll
+        for (int i = 0; i < V; ++i) out[i] *= m[i];
+      }
       store<T, V>(dx + j, out);
     }
   }
@@ -78,7 +87,7 @@ cudaError_t launch_norm_bwd(const NormBwdParams& p, cudaStream_t stream) {
   return dispatch_dtype(p.dtype, [&](auto zero) {
     using T = decltype(zero);
     const bool vec = p.n % (16 / sizeof(T)) == 0 && aligned16(p.x) && aligned16(p.dy) && aligned16(p.dx) &&
-                     (!p.dsum || aligned16(p.dsum)) && (!p.w || aligned16(p.w));
+                     (!p.dsum || aligned16(p.dsum)) && (!p.w || aligned16(p.w)) && (!p.dres || aligned16(p.dres));
     const dim3 grid(static_cast<unsigned>(p.programs));
     ZENATTN_LAUNCH_NORM_KERNEL(norm_bwd_kernel, T, vec, grid, norm_threads(p.n, kBwdMaxThreads), stream, p);
     return cudaGetLastError();

@@ -1,11 +1,12 @@
 // Device helpers shared by the CUDA norm kernels: element conversions, 128-bit packed loads and
-// stores, and block-wide sums.
+// stores, block-wide sums and dropout multipliers.
 #pragma once
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include "common/philox.h"
 #include "norm_params.h"
 
 namespace zenattn {
@@ -70,6 +71,20 @@ __device__ __forceinline__ void block_sum(float (&v)[K], float (*scratch)[K]) {
 inline bool aligned16(const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 == 0; }
 
 // f(T{}) for the element type T of `dtype`: the launchers' one dtype switch.
+// Dropout multipliers of columns j .. j + V - 1 of `row` (j a multiple of V, V a power of two):
+// d.scale where kept, 0 where dropped. One Philox call covers four columns.
+template <int V>
+__device__ __forceinline__ void dropout_multipliers(const NormDropout& d, int64_t row, int64_t j, float (&m)[V]) {
+  const DropoutRng rng{d.seed, d.threshold};
+  uint32_t bits = 0;
+#pragma unroll
+  for (int i = 0; i < V; ++i) {
+    const int64_t c = j + i;
+    if (i == 0 || (c & 3) == 0) bits = rng.keep4(0, uint64_t(row), uint64_t(c >> 2));
+    m[i] = (bits >> (c & 3)) & 1u ? d.scale : 0.0f;
+  }
+}
+
 template <typename F>
 cudaError_t dispatch_dtype(DType dtype, F&& f) {
   switch (dtype) {

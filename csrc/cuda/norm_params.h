@@ -12,7 +12,16 @@ namespace cuda {
 
 enum class DType : int { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2 };
 
-// One row per thread block: y[r] = norm(x[r] (+ res[r])) * w (+ b), over n columns. Rows are
+// Dropout on the input before the residual add: element (row, j) is kept when its Philox draw
+// (csrc/common/philox.h, DropoutRng::keep4 at (0, row, j / 4)) passes `threshold`, and scaled.
+struct NormDropout {
+  bool on;
+  uint64_t seed;
+  uint32_t threshold;      // DropoutRng::threshold_for(p)
+  float scale;             // 1 / (1 - p)
+};
+
+// One row per thread block: y[r] = norm(s[r]) * w (+ b) over n columns, s = dropout(x) (+ res). Rows are
 // `x_row_stride` / `res_row_stride` elements apart with a unit column stride; y, sum are contiguous.
 // LayerNorm when rms is false (mean and rstd written), RMSNorm otherwise (rstd written, mean null).
 struct NormFwdParams {
@@ -26,10 +35,11 @@ struct NormFwdParams {
   const void* w;           // weight (n), or null
   const void* b;           // bias (n), or null (always null for RMSNorm)
   void* y;                 // (rows, n)
-  void* sum;               // x + res rounded to the dtype (rows, n), written when res is given
+  void* sum;               // s rounded to the dtype (rows, n), written when res is given or dropout is on
   float* mean;             // (rows), LayerNorm only
   float* rstd;             // (rows)
   float eps;
+  NormDropout dropout;
 };
 
 // Backward over `programs` thread blocks (1 <= programs <= rows), each taking rows blk,
@@ -43,11 +53,13 @@ struct NormBwdParams {
   float eps;               // RMSNorm with n == 1 needs it: dx = g * eps * rstd^3 exactly
   const void* dy;          // (rows, n) contiguous
   const void* dsum;        // gradient of the returned sum (rows, n), or null
-  const void* x;           // the normalized input (x + res when fused), contiguous
+  const void* x;           // the normalized input (s when fused), contiguous
   const void* w;           // or null
   const float* mean;       // LayerNorm only
   const float* rstd;
-  void* dx;                // (rows, n)
+  void* dx;                // (rows, n): the input's gradient (through the dropout mask when on)
+  void* dres;              // (rows, n): the residual's gradient, written when dropout is on; or null
+  NormDropout dropout;     // the forward's
   float* dw_part;          // (programs, n), or null without weight
   float* db_part;          // (programs, n), or null without bias
 };

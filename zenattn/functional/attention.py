@@ -103,6 +103,9 @@ def _kernel_limits(backend: str, tensors: tuple) -> Optional[str]:
     if backend == "triton" and q.dtype == torch.float64 and q.device.type == "cuda":
         # triton 3.6 cannot lower float64 tl.dot on sm_80 (an assertion in its MMA lowering)
         return "the Triton attention kernels take float32/float16/bfloat16 on GPUs, not float64"
+    if backend == "cuda":  # what the call's other options ask for is checked at launch
+        from zenattn.cuda.attention import unsupported  # noqa: PLC0415
+        return unsupported(q, tensors[1], tensors[2], tensors[3] if len(tensors) > 3 else None)
     return None
 
 
@@ -127,7 +130,7 @@ def _autocast(q: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     return tuple(t.to(dtype) if t.dtype in cast else t for t in (q, k, v))
 
 
-def _draw_seed() -> Tensor:
+def draw_seed() -> Tensor:
     """The dropout seed, drawn from torch's default CPU generator (torch.manual_seed reproduces it)."""
     return torch.randint(0, 2**62, (), dtype=torch.int64, device="cpu")
 
@@ -185,7 +188,7 @@ def attention(
 def _attention(fn: str, q, k, v, *, attn_mask, causal, alignment, window, softcap, alibi_slopes, dropout_p,
                scale, return_lse, deterministic, backend, seed: Optional[Tensor] = None):
     """zenattn.attention, with errors naming ``fn`` (the public function the caller used). ``seed``
-    (an int64 scalar tensor) fixes the dropout mask; by default one is drawn (:func:`_draw_seed`)."""
+    (an int64 scalar tensor) fixes the dropout mask; by default one is drawn (:func:`draw_seed`)."""
     q, k, v = _autocast(q, k, v)
     _check_qkv(fn, q, k, v)
     if attn_mask is not None:
@@ -211,7 +214,7 @@ def _attention(fn: str, q, k, v, *, attn_mask, causal, alignment, window, softca
 
     choice = backends.select("attention", q, k, v, attn_mask, backend=backend)
     if dropout_p > 0 and seed is None:
-        seed = _draw_seed()
+        seed = draw_seed()
     if choice.backend == "torch":  # the same dropout mask as the kernels draw for this seed
         keep = (reference.dropout_keep_ref(int(seed), q.shape[0], q.shape[1], q.shape[2], k.shape[2], dropout_p,
                                            q.device) if dropout_p > 0 else None)

@@ -1,5 +1,5 @@
 """LayerNorm and RMSNorm: ``zenattn.layer_norm`` and ``zenattn.rms_norm``, with torch's signatures
-plus keyword-only ``residual=`` and ``backend=``.
+plus keyword-only ``residual=``, ``dropout_p=`` and ``backend=``.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 
 from zenattn import backends, reference
+from zenattn.functional.attention import draw_seed
 from zenattn.ops import norm as norm_ops
 
 ShapeLike = Union[int, Sequence[int], torch.Size]
@@ -102,6 +103,23 @@ def _norm_result(y: Tensor, s: Tensor, input: Tensor, residual: Optional[Tensor]
     return y if residual is None else (y, s.view(input.shape))
 
 
+def _dropout_seed(fn: str, dropout_p: float) -> Optional[Tensor]:
+    """Checks ``dropout_p`` and draws the seed of the dropout mask from torch's generator (None
+    without dropout), so ``torch.manual_seed`` reproduces the mask."""
+    if isinstance(dropout_p, bool) or not (isinstance(dropout_p, (int, float)) and 0.0 <= dropout_p < 1.0):
+        raise ValueError(f"zenattn.{fn}: dropout_p must be in [0, 1), got {dropout_p!r}")
+    return draw_seed() if dropout_p > 0 else None
+
+
+def _reference_keep(seed: Optional[Tensor], input: Tensor, shape: tuple[int, ...], p: float) -> Optional[Tensor]:
+    """The keep mask the kernels draw for ``seed``, shaped like ``input`` (the torch backend's)."""
+    if seed is None:
+        return None
+    cols = math.prod(shape)
+    rows = input.numel() // cols if cols else 0
+    return reference.norm_dropout_keep_ref(int(seed), rows, cols, p, input.device).reshape(input.shape)
+
+
 def layer_norm(
     input: Tensor,
     normalized_shape: ShapeLike,
@@ -110,6 +128,7 @@ def layer_norm(
     eps: float = 1e-5,
     *,
     residual: Optional[Tensor] = None,
+    dropout_p: float = 0.0,
     backend: Optional[str] = None,
 ) -> Union[Tensor, tuple[Tensor, Tensor]]:
     """Layer normalization over the trailing ``normalized_shape`` dims, like ``F.layer_norm``.
@@ -121,6 +140,11 @@ def layer_norm(
         residual: optional tensor shaped like ``input``. When given, the fused pre-norm step:
             ``s = input + residual`` (in input's dtype) is normalized and the result is
             ``(layer_norm(s), s)``.
+        dropout_p: fused dropout on ``input`` before the residual add: ``s = dropout(input) +
+            residual`` (or ``dropout(input)``) is normalized, kept elements scaled by
+            ``1 / (1 - dropout_p)``. The mask comes from a seed drawn from torch's generator
+            (``torch.manual_seed`` reproduces it) and is redrawn, not stored, for the backward.
+            Pass 0 at evaluation, as with ``F.dropout(training=False)``.
         backend: ``"cpu"``, ``"triton"``, ``"cuda"``, ``"torch"`` or None for the automatic choice
             (``ZENATTN_BACKEND`` overrides it); see :func:`zenattn.explain`.
 
@@ -132,13 +156,15 @@ def layer_norm(
     if isinstance(input, Tensor) and _autocast_to_fp32(input):
         input, weight, bias, residual = _fp32(input, weight, bias, residual)
     _check_norm_args("layer_norm", input, shape, weight=weight, bias=bias, residual=residual)
+    seed = _dropout_seed("layer_norm", dropout_p)
     weight, bias = _params_like(input, weight, bias)
     choice = backends.select("layer_norm", input, weight, bias, residual, backend=backend)
     if choice.backend == "torch":
-        return reference.layer_norm_ref(input, shape, weight, bias, eps, residual=residual, upcast=True)
+        return reference.layer_norm_ref(input, shape, weight, bias, eps, residual=residual, upcast=True,
+                                        dropout_p=dropout_p, dropout_keep=_reference_keep(seed, input, shape, dropout_p))
 
     x, r, (w, b) = _over_last_dim(shape, input, residual, weight, bias)
-    y, s, _, _ = norm_ops.layer_norm_fwd(x, w, b, r, float(eps), choice.backend)
+    y, s, _, _ = norm_ops.layer_norm_fwd(x, w, b, r, seed, float(eps), float(dropout_p), choice.backend)
     return _norm_result(y, s, input, residual)
 
 
@@ -149,25 +175,28 @@ def rms_norm(
     eps: Optional[float] = None,
     *,
     residual: Optional[Tensor] = None,
+    dropout_p: float = 0.0,
     backend: Optional[str] = None,
 ) -> Union[Tensor, tuple[Tensor, Tensor]]:
     """RMS normalization over the trailing ``normalized_shape`` dims, like ``F.rms_norm``.
 
     ``y = s / sqrt(mean(s^2) + eps) * weight`` with ``s = input`` (or ``input + residual``, and then
     ``(y, s)`` is returned). ``eps=None`` means ``torch.finfo(input.dtype).eps``, as in torch.
-    Shapes, dtypes and ``backend`` as in :func:`layer_norm`.
+    Shapes, dtypes, ``dropout_p`` and ``backend`` as in :func:`layer_norm`.
     """
     shape = _normalized_shape(normalized_shape)
     if isinstance(input, Tensor) and _autocast_to_fp32(input):
         input, weight, residual = _fp32(input, weight, residual)
     _check_norm_args("rms_norm", input, shape, weight=weight, residual=residual)
+    seed = _dropout_seed("rms_norm", dropout_p)
     (weight,) = _params_like(input, weight)
     if eps is None:
         eps = torch.finfo(input.dtype).eps
     choice = backends.select("rms_norm", input, weight, residual, backend=backend)
     if choice.backend == "torch":
-        return reference.rms_norm_ref(input, shape, weight, eps, residual=residual, upcast=True)
+        return reference.rms_norm_ref(input, shape, weight, eps, residual=residual, upcast=True,
+                                      dropout_p=dropout_p, dropout_keep=_reference_keep(seed, input, shape, dropout_p))
 
     x, r, (w,) = _over_last_dim(shape, input, residual, weight)
-    y, s, _ = norm_ops.rms_norm_fwd(x, w, r, float(eps), choice.backend)
+    y, s, _ = norm_ops.rms_norm_fwd(x, w, r, seed, float(eps), float(dropout_p), choice.backend)
     return _norm_result(y, s, input, residual)

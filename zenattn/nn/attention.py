@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as torch_F
 from torch import Tensor
 
-from zenattn.functional.attention import _attention, _draw_seed, attention_probs
+from zenattn.functional.attention import _attention, draw_seed, attention_probs
 from zenattn.nn.normalization import RMSNorm
 
 # ---- recording attention maps --------------------------------------------------------------------
@@ -87,7 +87,7 @@ def module_attention(module: torch.nn.Module, fn: str, q: Tensor, k: Tensor, v: 
     call's exact probabilities: ``attention_probs(q, k, lse, **options)``."""
     options = dict(attn_mask=attn_mask, causal=causal, alignment=alignment, window=window, softcap=softcap,
                    alibi_slopes=alibi_slopes, dropout_p=dropout_p, scale=scale,
-                   seed=_draw_seed() if dropout_p > 0 else None)
+                   seed=draw_seed() if dropout_p > 0 else None)
     recording = _recording()
     want_lse = need_lse or recording
     result = _attention(fn, q, k, v, return_lse=want_lse, deterministic=False, backend=backend, **options)

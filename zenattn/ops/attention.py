@@ -118,5 +118,11 @@ def _triton_attention():
     return attention
 
 
+def _cuda_attention():
+    from zenattn.cuda import attention  # noqa: PLC0415
+    return attention
+
+
 backends.register("cpu", "attention", backends.extension)
 backends.register("triton", "attention", _triton_attention)
+backends.register("cuda", "attention", _cuda_attention)

@@ -1,19 +1,29 @@
 """LayerNorm / RMSNorm as ``torch.library`` ops in the ``zenattn`` namespace.
 
-    zenattn::layer_norm_fwd(x, weight?, bias?, residual?, eps, backend) -> (y, sum, mean, rstd)
-    zenattn::layer_norm_bwd(dy, dsum?, x, weight?, mean, rstd, has_bias, backend) -> (dx, dweight, dbias)
-    zenattn::rms_norm_fwd(x, weight?, residual?, eps, backend) -> (y, sum, rstd)
-    zenattn::rms_norm_bwd(dy, dsum?, x, weight?, rstd, eps, backend) -> (dx, dweight)
+    zenattn::layer_norm_fwd(x, weight?, bias?, residual?, seed?, eps, dropout_p, backend) -> (y, sum, mean, rstd)
+    zenattn::layer_norm_bwd(dy, dsum?, x, weight?, mean, rstd, seed?, dropout_p, has_bias, has_residual,
+                            backend) -> (dx, dweight, dbias, dresidual)
+    zenattn::rms_norm_fwd(x, weight?, residual?, seed?, eps, dropout_p, backend) -> (y, sum, rstd)
+    zenattn::rms_norm_bwd(dy, dsum?, x, weight?, rstd, seed?, eps, dropout_p, has_residual, backend)
+                            -> (dx, dweight, dresidual)
 
 Shapes: x, residual, y, sum, dy, dx (..., N), normalized over the last dim; weight, bias (N,);
 mean, rstd x.shape[:-1] in float32 (float64 for float64 input). ``backend`` names which kernels
 run (zenattn.backends); every backend implements these same launcher signatures, so this one
-autograd registration serves them all. In the backward, ``x`` is the tensor that was normalized
-(``x + residual`` when the residual add was fused) and ``dsum`` the gradient of the returned sum.
+autograd registration serves them all.
 
-A custom op cannot return "no tensor", so an absent output (``sum`` without a residual,
-``dweight`` without a weight, ``dbias`` without a bias) is a 0-element placeholder tensor.
-Each op has a fake (meta) implementation, so ``torch.compile(fullgraph=True)`` traces them.
+What gets normalized is ``s = dropout(x) + residual``: the residual add and the dropout are each
+optional, and ``sum`` returns ``s`` whenever either is on. In the backward, ``x`` is the tensor
+that was normalized (``s``) and ``dsum`` the gradient of the returned sum. ``seed`` is an int64
+scalar tensor drawn from torch's generator when ``dropout_p > 0``; the kernels derive the keep
+mask from it (element (r, j) of the (rows, N) view: ``reference.norm_dropout_keep_ref``), so the
+backward redraws the same mask and nothing of size N is saved for it. With dropout and a residual
+the two inputs get different gradients: ``dx`` is the input's, ``dresidual`` the residual's;
+otherwise ``dresidual`` is absent and ``dx`` serves both.
+
+A custom op cannot return "no tensor", so an absent output (``sum`` with neither residual nor
+dropout, ``dweight`` without a weight, ...) is a 0-element placeholder tensor. Each op has a fake
+(meta) implementation, so ``torch.compile(fullgraph=True)`` traces them.
 
 The ops are defined with ``torch.library.Library`` and implemented for the CPU and CUDA dispatch
 keys rather than with ``torch.library.custom_op``: on a 4096x1024 LayerNorm the custom_op wrapper
@@ -21,6 +31,8 @@ added 0.1-0.3 ms per call here (measured side by side), against about 0.01 ms fo
 """
 
 from __future__ import annotations
+
+import functools
 
 from typing import Optional
 
@@ -38,60 +50,93 @@ def _or_empty(t: Optional[Tensor], like: Tensor) -> Tensor:
 
 # ---- LayerNorm ------------------------------------------------------------------------------
 
-def _layer_norm_fwd(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
-                    residual: Optional[Tensor], eps: float, backend: str
+def _seed_int(seed: Optional[Tensor], dropout_p: float) -> int:
+    """The dropout seed as the launchers take it (0 without dropout). The seed tensor lives on the
+    CPU (drawn from torch's CPU generator), so reading it never waits for a GPU."""
+    return int(seed.item()) if dropout_p > 0 else 0
+
+
+def _writes_sum(residual: Optional[Tensor], dropout_p: float) -> bool:
+    return residual is not None or dropout_p > 0
+
+
+def _fwd_fake(x, residual, dropout_p, stats_like):
+    y = torch.empty_like(x, memory_format=torch.contiguous_format)
+    s = torch.empty_like(y) if _writes_sum(residual, dropout_p) else x.new_empty(0)
+    return y, s
+
+
+def _layer_norm_fwd(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], residual: Optional[Tensor],
+                    seed: Optional[Tensor], eps: float, dropout_p: float, backend: str
                     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     y, s, mean, rstd = backends.launchers(backend, "layer_norm").layer_norm_fwd(
-        x, weight, bias, residual, eps)
+        x, weight, bias, residual, eps, _seed_int(seed, dropout_p), dropout_p)
     return y, _or_empty(s, x), mean, rstd
 
 
-def _layer_norm_fwd_fake(x, weight, bias, residual, eps, backend):
+def _layer_norm_fwd_fake(x, weight, bias, residual, seed, eps, dropout_p, backend):
     stats = x.new_empty(x.shape[:-1], dtype=_stat_dtype(x.dtype))
-    s = torch.empty_like(x, memory_format=torch.contiguous_format) if residual is not None else x.new_empty(0)
-    return (torch.empty_like(x, memory_format=torch.contiguous_format), s, stats, torch.empty_like(stats))
+    y, s = _fwd_fake(x, residual, dropout_p, stats)
+    return y, s, stats, torch.empty_like(stats)
 
 
 layer_norm_fwd = _define(
-    "layer_norm_fwd(Tensor x, Tensor? weight, Tensor? bias, Tensor? residual, float eps, str backend)"
-    " -> (Tensor, Tensor, Tensor, Tensor)", _layer_norm_fwd, _layer_norm_fwd_fake)
+    "layer_norm_fwd(Tensor x, Tensor? weight, Tensor? bias, Tensor? residual, Tensor? seed, float eps,"
+    " float dropout_p, str backend) -> (Tensor, Tensor, Tensor, Tensor)", _layer_norm_fwd, _layer_norm_fwd_fake)
 
 
-def _layer_norm_bwd(dy: Tensor, dsum: Optional[Tensor], x: Tensor, weight: Optional[Tensor],
-                    mean: Tensor, rstd: Tensor, has_bias: bool, backend: str
-                    ) -> tuple[Tensor, Tensor, Tensor]:
-    dx, dw, db = backends.launchers(backend, "layer_norm").layer_norm_bwd(
-        dy, dsum, x, weight, mean, rstd, has_bias)
-    return dx, _or_empty(dw, x), _or_empty(db, x)
-
-
-def _layer_norm_bwd_fake(dy, dsum, x, weight, mean, rstd, has_bias, backend):
+def _bwd_fake(x, weight, has_bias, has_residual, dropout_p):
     n = x.shape[-1]
+    dx = torch.empty_like(x, memory_format=torch.contiguous_format)
     dw = x.new_empty(n) if weight is not None else x.new_empty(0)
     db = x.new_empty(n) if has_bias else x.new_empty(0)
-    return torch.empty_like(x, memory_format=torch.contiguous_format), dw, db
+    dres = torch.empty_like(dx) if has_residual and dropout_p > 0 else x.new_empty(0)
+    return dx, dw, db, dres
+
+
+def _layer_norm_bwd(dy: Tensor, dsum: Optional[Tensor], x: Tensor, weight: Optional[Tensor], mean: Tensor,
+                    rstd: Tensor, seed: Optional[Tensor], dropout_p: float, has_bias: bool, has_residual: bool,
+                    backend: str) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    dx, dw, db, dres = backends.launchers(backend, "layer_norm").layer_norm_bwd(
+        dy, dsum, x, weight, mean, rstd, has_bias, _seed_int(seed, dropout_p), dropout_p, has_residual)
+    return dx, _or_empty(dw, x), _or_empty(db, x), _or_empty(dres, x)
+
+
+def _layer_norm_bwd_fake(dy, dsum, x, weight, mean, rstd, seed, dropout_p, has_bias, has_residual, backend):
+    return _bwd_fake(x, weight, has_bias, has_residual, dropout_p)
 
 
 layer_norm_bwd = _define(
-    "layer_norm_bwd(Tensor dy, Tensor? dsum, Tensor x, Tensor? weight, Tensor mean, Tensor rstd,"
-    " bool has_bias, str backend) -> (Tensor, Tensor, Tensor)", _layer_norm_bwd, _layer_norm_bwd_fake)
+    "layer_norm_bwd(Tensor dy, Tensor? dsum, Tensor x, Tensor? weight, Tensor mean, Tensor rstd, Tensor? seed,"
+    " float dropout_p, bool has_bias, bool has_residual, str backend) -> (Tensor, Tensor, Tensor, Tensor)",
+    _layer_norm_bwd, _layer_norm_bwd_fake)
+
+
+def _input_grads(ctx, dx: Tensor, dres: Tensor) -> tuple[Tensor, Optional[Tensor]]:
+    """The gradients of the input and of the residual (None without one)."""
+    if not ctx.has_residual:
+        return dx, None
+    return dx, dres if ctx.dropout_p > 0 else dx
 
 
 def _layer_norm_setup(ctx, inputs, output):
-    x, weight, bias, residual, eps, backend = inputs
+    x, weight, bias, residual, seed, eps, dropout_p, backend = inputs
     _, s, mean, rstd = output
-    ctx.save_for_backward(s if residual is not None else x, weight, mean, rstd)
+    ctx.save_for_backward(s if _writes_sum(residual, dropout_p) else x, weight, mean, rstd, seed)
     ctx.has_bias = bias is not None
     ctx.has_residual = residual is not None
+    ctx.dropout_p = dropout_p
     ctx.backend = backend
 
 
 def _layer_norm_backward(ctx, dy, dsum, _dmean, _drstd):
-    normed, weight, mean, rstd = ctx.saved_tensors
-    dsum = dsum if ctx.has_residual else None
-    dx, dw, db = layer_norm_bwd(dy, dsum, normed, weight, mean, rstd, ctx.has_bias, ctx.backend)
-    return (dx, dw if weight is not None else None, db if ctx.has_bias else None,
-            dx if ctx.has_residual else None, None, None)
+    normed, weight, mean, rstd, seed = ctx.saved_tensors
+    dsum = dsum if ctx.has_residual else None  # without a residual the sum is not returned
+    dx, dw, db, dres = layer_norm_bwd(dy, dsum, normed, weight, mean, rstd, seed, ctx.dropout_p, ctx.has_bias,
+                                      ctx.has_residual, ctx.backend)
+    dx, dres = _input_grads(ctx, dx, dres)
+    return (dx, dw if weight is not None else None, db if ctx.has_bias else None, dres,
+            None, None, None, None)
 
 
 torch.library.register_autograd("zenattn::layer_norm_fwd", _layer_norm_backward,
@@ -100,53 +145,59 @@ torch.library.register_autograd("zenattn::layer_norm_fwd", _layer_norm_backward,
 
 # ---- RMSNorm --------------------------------------------------------------------------------
 
-def _rms_norm_fwd(x: Tensor, weight: Optional[Tensor], residual: Optional[Tensor], eps: float,
-                  backend: str) -> tuple[Tensor, Tensor, Tensor]:
-    y, s, rstd = backends.launchers(backend, "rms_norm").rms_norm_fwd(x, weight, residual, eps)
+def _rms_norm_fwd(x: Tensor, weight: Optional[Tensor], residual: Optional[Tensor], seed: Optional[Tensor],
+                  eps: float, dropout_p: float, backend: str) -> tuple[Tensor, Tensor, Tensor]:
+    y, s, rstd = backends.launchers(backend, "rms_norm").rms_norm_fwd(
+        x, weight, residual, eps, _seed_int(seed, dropout_p), dropout_p)
     return y, _or_empty(s, x), rstd
 
 
-def _rms_norm_fwd_fake(x, weight, residual, eps, backend):
+def _rms_norm_fwd_fake(x, weight, residual, seed, eps, dropout_p, backend):
     rstd = x.new_empty(x.shape[:-1], dtype=_stat_dtype(x.dtype))
-    s = torch.empty_like(x, memory_format=torch.contiguous_format) if residual is not None else x.new_empty(0)
-    return torch.empty_like(x, memory_format=torch.contiguous_format), s, rstd
+    y, s = _fwd_fake(x, residual, dropout_p, rstd)
+    return y, s, rstd
 
 
 rms_norm_fwd = _define(
-    "rms_norm_fwd(Tensor x, Tensor? weight, Tensor? residual, float eps, str backend)"
-    " -> (Tensor, Tensor, Tensor)", _rms_norm_fwd, _rms_norm_fwd_fake)
+    "rms_norm_fwd(Tensor x, Tensor? weight, Tensor? residual, Tensor? seed, float eps, float dropout_p,"
+    " str backend) -> (Tensor, Tensor, Tensor)", _rms_norm_fwd, _rms_norm_fwd_fake)
 
 
-def _rms_norm_bwd(dy: Tensor, dsum: Optional[Tensor], x: Tensor, weight: Optional[Tensor],
-                  rstd: Tensor, eps: float, backend: str) -> tuple[Tensor, Tensor]:
-    dx, dw = backends.launchers(backend, "rms_norm").rms_norm_bwd(dy, dsum, x, weight, rstd, eps)
-    return dx, _or_empty(dw, x)
+def _rms_norm_bwd(dy: Tensor, dsum: Optional[Tensor], x: Tensor, weight: Optional[Tensor], rstd: Tensor,
+                  seed: Optional[Tensor], eps: float, dropout_p: float, has_residual: bool, backend: str
+                  ) -> tuple[Tensor, Tensor, Tensor]:
+    dx, dw, dres = backends.launchers(backend, "rms_norm").rms_norm_bwd(
+        dy, dsum, x, weight, rstd, eps, _seed_int(seed, dropout_p), dropout_p, has_residual)
+    return dx, _or_empty(dw, x), _or_empty(dres, x)
 
 
-def _rms_norm_bwd_fake(dy, dsum, x, weight, rstd, eps, backend):
-    dw = x.new_empty(x.shape[-1]) if weight is not None else x.new_empty(0)
-    return torch.empty_like(x, memory_format=torch.contiguous_format), dw
+def _rms_norm_bwd_fake(dy, dsum, x, weight, rstd, seed, eps, dropout_p, has_residual, backend):
+    dx, dw, _, dres = _bwd_fake(x, weight, False, has_residual, dropout_p)
+    return dx, dw, dres
 
 
 rms_norm_bwd = _define(
-    "rms_norm_bwd(Tensor dy, Tensor? dsum, Tensor x, Tensor? weight, Tensor rstd, float eps,"
-    " str backend) -> (Tensor, Tensor)", _rms_norm_bwd, _rms_norm_bwd_fake)
+    "rms_norm_bwd(Tensor dy, Tensor? dsum, Tensor x, Tensor? weight, Tensor rstd, Tensor? seed, float eps,"
+    " float dropout_p, bool has_residual, str backend) -> (Tensor, Tensor, Tensor)", _rms_norm_bwd, _rms_norm_bwd_fake)
 
 
 def _rms_norm_setup(ctx, inputs, output):
-    x, weight, residual, eps, backend = inputs
+    x, weight, residual, seed, eps, dropout_p, backend = inputs
     _, s, rstd = output
-    ctx.save_for_backward(s if residual is not None else x, weight, rstd)
+    ctx.save_for_backward(s if _writes_sum(residual, dropout_p) else x, weight, rstd, seed)
     ctx.has_residual = residual is not None
+    ctx.dropout_p = dropout_p
     ctx.eps = eps
     ctx.backend = backend
 
 
 def _rms_norm_backward(ctx, dy, dsum, _drstd):
-    normed, weight, rstd = ctx.saved_tensors
+    normed, weight, rstd, seed = ctx.saved_tensors
     dsum = dsum if ctx.has_residual else None
-    dx, dw = rms_norm_bwd(dy, dsum, normed, weight, rstd, ctx.eps, ctx.backend)
-    return dx, dw if weight is not None else None, dx if ctx.has_residual else None, None, None
+    dx, dw, dres = rms_norm_bwd(dy, dsum, normed, weight, rstd, seed, ctx.eps, ctx.dropout_p, ctx.has_residual,
+                                ctx.backend)
+    dx, dres = _input_grads(ctx, dx, dres)
+    return dx, dw if weight is not None else None, dres, None, None, None, None
 
 
 torch.library.register_autograd("zenattn::rms_norm_fwd", _rms_norm_backward,
@@ -157,39 +208,51 @@ torch.library.register_autograd("zenattn::rms_norm_fwd", _rms_norm_backward,
 
 class RowLaunchers:
     """The four launcher signatures above over a backend's two row kernels, shared by LayerNorm and
-    RMSNorm: ``fwd(x, weight, bias, residual, eps, rms) -> (y, sum, mean, rstd)`` and
-    ``bwd(dy, dsum, x, weight, mean, rstd, has_bias, eps, rms) -> (dx, dweight, dbias)``, absent
-    outputs None (the Triton and CUDA C++ backends)."""
+    RMSNorm (every kernel backend: CPU C++, Triton, CUDA C++):
+
+        fwd(x, weight, bias, residual, eps, rms, seed, dropout_p) -> (y, sum, mean, rstd)
+        bwd(dy, dsum, x, weight, mean, rstd, has_bias, eps, rms, seed, dropout_p, has_residual)
+            -> (dx, dweight, dbias, dresidual)
+
+    with absent outputs None; ``seed`` a Python int (0 without dropout)."""
 
     def __init__(self, fwd, bwd):
         self._fwd, self._bwd = fwd, bwd
 
-    def layer_norm_fwd(self, x, weight, bias, residual, eps):
-        return list(self._fwd(x, weight, bias, residual, eps, False))
+    def layer_norm_fwd(self, x, weight, bias, residual, eps, seed, dropout_p):
+        return list(self._fwd(x, weight, bias, residual, eps, False, seed, dropout_p))
 
-    def layer_norm_bwd(self, dy, dsum, x, weight, mean, rstd, has_bias):
-        return list(self._bwd(dy, dsum, x, weight, mean, rstd, has_bias, 0.0, False))
+    def layer_norm_bwd(self, dy, dsum, x, weight, mean, rstd, has_bias, seed, dropout_p, has_residual):
+        return list(self._bwd(dy, dsum, x, weight, mean, rstd, has_bias, 0.0, False, seed, dropout_p, has_residual))
 
-    def rms_norm_fwd(self, x, weight, residual, eps):
-        y, s, _, rstd = self._fwd(x, weight, None, residual, eps, True)
+    def rms_norm_fwd(self, x, weight, residual, eps, seed, dropout_p):
+        y, s, _, rstd = self._fwd(x, weight, None, residual, eps, True, seed, dropout_p)
         return [y, s, rstd]
 
-    def rms_norm_bwd(self, dy, dsum, x, weight, rstd, eps):
-        dx, dw, _ = self._bwd(dy, dsum, x, weight, None, rstd, False, eps, True)
-        return [dx, dw]
+    def rms_norm_bwd(self, dy, dsum, x, weight, rstd, eps, seed, dropout_p, has_residual):
+        dx, dw, _, dres = self._bwd(dy, dsum, x, weight, None, rstd, False, eps, True, seed, dropout_p, has_residual)
+        return [dx, dw, dres]
 
 
+@functools.cache
+def _cpu_norm():
+    ext = backends.extension()
+    return RowLaunchers(ext.norm_fwd, ext.norm_bwd)
+
+
+@functools.cache
 def _triton_norm():
     from zenattn.triton import norm  # noqa: PLC0415  (imports triton: only at first use)
     return RowLaunchers(norm.norm_fwd, norm.norm_bwd)
 
 
+@functools.cache
 def _cuda_norm():
     from zenattn.cuda import norm  # noqa: PLC0415
     return RowLaunchers(norm.norm_fwd, norm.norm_bwd)
 
 
 for _family in ("layer_norm", "rms_norm"):
-    backends.register("cpu", _family, backends.extension)
+    backends.register("cpu", _family, _cpu_norm)
     backends.register("triton", _family, _triton_norm)
     backends.register("cuda", _family, _cuda_norm)

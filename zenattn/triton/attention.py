@@ -17,7 +17,7 @@ FlashAttention-2 structure, written for zenattn's contract (see ``zenattn.attent
 No program writes another's output and nothing uses atomics, so the backward is deterministic
 (bitwise repeatable) whatever ``deterministic`` says. Every score passes through ``_scores``, the
 single place where scale, softcap, ALiBi, masks and windows are applied, in the order the contract
-gives; ``_dropout_keep`` draws the same Philox4x32-10 stream as the C++ kernels
+gives; ``dropout_keep`` (zenattn/triton/common.py) draws the same Philox4x32-10 stream as the C++ kernels
 (``csrc/common/philox.h``), so one seed gives the same dropout mask on every backend.
 
 Head dims up to 256 are padded to a power of two (at least 16, the smallest ``tl.dot``). Row
@@ -29,7 +29,6 @@ runs (also on CUDA with ``ZENATTN_TRITON_AUTOTUNE=0``).
 from __future__ import annotations
 
 import math
-import os
 from typing import Optional
 
 import torch
@@ -38,8 +37,8 @@ import triton.language as tl
 from torch import Tensor
 
 from zenattn.triton import interpreting
-from zenattn.triton.common import (acc_dtype, dot, round_bf16, serialized_in_interpreter, stat_dtype, store_rounded,
-                                   tanh, to_dtype)
+from zenattn.triton.common import (acc_dtype, autotuned, dot, dropout_keep, round_bf16, serialized_in_interpreter, stat_dtype,
+                                   store_rounded, tanh, to_dtype)
 
 MAX_HEAD_DIM = 256
 LOG2E = tl.constexpr(1.4426950408889634)  # jit code reads module globals only as constexpr
@@ -83,22 +82,6 @@ def _scores(qk, i, j, b, h, Nq, Nk, off, wl, wr, scale, softcap,
     if HAS_MASK and MASK_BOOL:
         allowed = allowed & (tl.load(mask_ptrs, mask=allowed, other=0) != 0)
     return tl.where(allowed, s, float("-inf")), t
-
-
-@triton.jit
-def _dropout_keep(seed, bh, i, j, threshold):
-    """Keep flags for scores (bh, i, j): Philox4x32-10 under ``seed`` at counter (j // 4, i, bh, high
-    bits), word j % 4, kept when its top 24 bits are >= threshold, as ``DropoutRng::keep4`` in
-    csrc/common/philox.h."""
-    zero = (i + j) * 0                       # broadcast shape, int32
-    c0 = (zero + (j >> 2)).to(tl.uint32, bitcast=True)
-    c1 = (zero + i).to(tl.uint32, bitcast=True)
-    c2 = (zero + bh).to(tl.uint32, bitcast=True)
-    c3 = zero.to(tl.uint32, bitcast=True)  # the high bits of (bh, i, j // 4): 0 for int32 indices
-    r0, r1, r2, r3 = tl.philox(seed, c0, c1, c2, c3)
-    w = (zero + j) & 3
-    word = tl.where(w == 0, r0, tl.where(w == 1, r1, tl.where(w == 2, r2, r3)))
-    return (word >> 8).to(tl.int32) >= threshold
 
 
 @triton.jit
@@ -182,7 +165,7 @@ def _attn_fwd_kernel(
         p = tl.math.exp2((s - m_use[:, None]) * LOG2E)
         l_i = l_i * alpha + tl.sum(p, 1)
         if HAS_DROPOUT:
-            p = tl.where(_dropout_keep(seed, bh, offs_m[:, None], offs_n[None, :], threshold), p, 0.0)
+            p = tl.where(dropout_keep(seed, bh, offs_m[:, None], offs_n[None, :], threshold), p, 0.0)
         v = tl.load(v_base + cols[:, None] * svn + offs_dv[None, :],
                     mask=(offs_n[:, None] < Nk) & (offs_dv[None, :] < DV), other=0.0)  # (BLOCK_N, BLOCK_DV)
         acc = acc * alpha[:, None] + dot(to_dtype(p, v.dtype, ROUND_BF16), v, ACC, PRECISION, ROUND_BF16)
@@ -277,7 +260,7 @@ def _attn_bwd_dkdv_kernel(
             pt = tl.math.exp2(tl.minimum(st - lse[None, :], 0.0) * LOG2E)
             dpt = dot(v, tl.trans(do), ACC, PRECISION, ROUND_BF16)   # (BLOCK_N, BLOCK_M)
             if HAS_DROPOUT:
-                keep = _dropout_keep(seed, bh, offs_m[None, :], offs_n[:, None], threshold)
+                keep = dropout_keep(seed, bh, offs_m[None, :], offs_n[:, None], threshold)
                 pdt = tl.where(keep, pt * keep_scale, 0.0)
                 dpt = tl.where(keep, dpt * keep_scale, 0.0)
             else:
@@ -341,7 +324,7 @@ def _attn_bwd_dq_kernel(
         p = tl.math.exp2(tl.minimum(s - lse[:, None], 0.0) * LOG2E)   # p <= 1, as in the dK/dV kernel
         dp = dot(do, tl.trans(v), ACC, PRECISION, ROUND_BF16)
         if HAS_DROPOUT:
-            keep = _dropout_keep(seed, bh, offs_m[:, None], offs_n[None, :], threshold)
+            keep = dropout_keep(seed, bh, offs_m[:, None], offs_n[None, :], threshold)
             dp = tl.where(keep, dp * keep_scale, 0.0)
         ds = p * (dp - delta[:, None])
         if HAS_SOFTCAP:
@@ -378,21 +361,9 @@ def _fixed_config(block_d: int, block_dv: int) -> dict:
     return {"BLOCK_M": 64, "BLOCK_N": 64} if interpreting() else gpu_fixed_config(block_d, block_dv)
 
 
-AUTOTUNE_ENV = "ZENATTN_TRITON_AUTOTUNE"
-
-
-def _tuned(kernel, configs):
-    """The autotuned kernel, or None where one fixed configuration runs: in the interpreter, and
-    with ZENATTN_TRITON_AUTOTUNE=0 (the GPU test run sets it: every new shape family would otherwise
-    compile and time every configuration)."""
-    if interpreting() or os.environ.get(AUTOTUNE_ENV, "1") == "0":
-        return None
-    return triton.autotune(configs=configs, key=_TUNE_KEY)(kernel)
-
-
-_FWD_TUNED = _tuned(_attn_fwd_kernel, _FWD_CONFIGS)
-_DKDV_TUNED = _tuned(_attn_bwd_dkdv_kernel, _BWD_CONFIGS)
-_DQ_TUNED = _tuned(_attn_bwd_dq_kernel, _BWD_CONFIGS)
+_FWD_TUNED = autotuned(_attn_fwd_kernel, _FWD_CONFIGS, _TUNE_KEY)
+_DKDV_TUNED = autotuned(_attn_bwd_dkdv_kernel, _BWD_CONFIGS, _TUNE_KEY)
+_DQ_TUNED = autotuned(_attn_bwd_dq_kernel, _BWD_CONFIGS, _TUNE_KEY)
 
 
 def _launch(kernel, tuned, programs, args, meta):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import threading
 
 import torch
@@ -61,6 +62,22 @@ def store_rounded(PTR, offsets, value, mask, ROUND_BF16: tl.constexpr):
     tl.store(PTR + offsets, to_dtype(value, PTR.dtype.element_ty, ROUND_BF16), mask=mask)
 
 
+@triton.jit
+def dropout_keep(seed, bh, i, j, threshold):
+    """Keep flags for attention scores (bh, i, j), or for norm elements (0, row, col): Philox4x32-10
+    under ``seed`` at counter (j // 4, i, bh, high bits), word j % 4, kept when its top 24 bits are
+    >= threshold, as ``DropoutRng::keep4`` in csrc/common/philox.h. Indices are int32."""
+    zero = (i + j) * 0                       # broadcast shape, int32
+    c0 = (zero + (j >> 2)).to(tl.uint32, bitcast=True)
+    c1 = (zero + i).to(tl.uint32, bitcast=True)
+    c2 = (zero + bh).to(tl.uint32, bitcast=True)
+    c3 = zero.to(tl.uint32, bitcast=True)  # the high bits of (bh, i, j // 4): 0 for int32 indices
+    r0, r1, r2, r3 = tl.philox(seed, c0, c1, c2, c3)
+    w = (zero + j) & 3
+    word = tl.where(w == 0, r0, tl.where(w == 1, r1, tl.where(w == 2, r2, r3)))
+    return (word >> 8).to(tl.int32) >= threshold
+
+
 def acc_dtype(dtype: torch.dtype):
     """The Triton accumulation dtype for inputs of ``dtype``: float64 for float64, else float32."""
     return tl.float64 if dtype == torch.float64 else tl.float32
@@ -90,3 +107,16 @@ def serialized_in_interpreter(launcher):
         with _INTERPRETER_LOCK:
             return launcher(*args, **kwargs)
     return one_at_a_time
+
+
+AUTOTUNE_ENV = "ZENATTN_TRITON_AUTOTUNE"
+
+
+def autotuned(kernel, configs, key):
+    """``kernel`` autotuned over ``configs`` (keyed on the argument names in ``key``), or None where
+    the launcher runs one fixed configuration instead: in the interpreter, and with
+    ZENATTN_TRITON_AUTOTUNE=0 (the GPU test run sets it: every new shape family would otherwise
+    compile and time every configuration)."""
+    if interpreting() or os.environ.get(AUTOTUNE_ENV, "1") == "0":
+        return None
+    return triton.autotune(configs=configs, key=key)(kernel)

@@ -7,7 +7,11 @@ into the same signatures and outputs as the C++ CPU launchers in ``zenattn._C``)
 in ``zenattn/ops/norm.py`` shared by every backend.
 
 One program normalizes one row held whole in registers (hidden sizes up to 65536). Statistics are
-float32 (float64 for float64 input). The backward gives each program a contiguous chunk of rows
+float32 (float64 for float64 input). What it normalizes is ``s = dropout(x) + residual``, each part
+optional: the dropout keep flag of element (row, col) is Philox4x32-10 of (seed, row, col)
+(``dropout_keep`` in common.py, the attention kernels' stream), so the backward redraws the mask
+instead of reading one. On CUDA the warp count is autotuned per row width; in the interpreter one
+fixed configuration runs. The backward gives each program a contiguous chunk of rows
 and writes its weight/bias gradient sums to its own row of a float32 partial buffer; the partials
 are then summed by ``torch.sum`` in a fixed order, so dW/dB are deterministic (no atomics). On CPU
 tensors the kernels run in Triton's interpreter when ``TRITON_INTERPRET=1`` was set before triton
@@ -16,6 +20,7 @@ was imported (how CI tests them).
 
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import torch
@@ -23,8 +28,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from zenattn.triton.common import (acc_dtype, round_bf16, round_to_bf16, serialized_in_interpreter, stat_dtype,
-                                   store_rounded)
+from zenattn.triton.common import (acc_dtype, autotuned, dropout_keep, round_bf16, round_to_bf16,
+                                   serialized_in_interpreter, stat_dtype, store_rounded)
 
 MAX_HIDDEN = 65536      # one row must fit in one program's registers
 BWD_MAX_PROGRAMS = 256  # programs (and partial rows) of the backward; a function of the shape only
@@ -36,7 +41,9 @@ def _norm_fwd_kernel(
     Y, S, MEAN, RSTD,      # y (rows, N) contiguous; sum x + r (rows, N) or None; mean, rstd (rows,)
     stride_x, stride_r,
     N, eps,
-    RMS: tl.constexpr, HAS_RESIDUAL: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr,
+    seed, threshold, drop_scale,  # dropout: Philox key, keep iff draw >= threshold, 1 / (1 - p)
+    RMS: tl.constexpr, HAS_RESIDUAL: tl.constexpr, HAS_DROPOUT: tl.constexpr,
+    HAS_W: tl.constexpr, HAS_B: tl.constexpr,
     ACC: tl.constexpr,     # tl.float32, or tl.float64 for float64 input
     BLOCK_N: tl.constexpr,
     ROUND_BF16: tl.constexpr,  # interpreter only: round bf16 outputs to nearest (see round_to_bf16)
@@ -45,27 +52,33 @@ def _norm_fwd_kernel(
     cols = tl.arange(0, BLOCK_N)
     in_row = cols < N
     x = tl.load(X + row * stride_x + cols, mask=in_row, other=0.0)
-    # -- fused residual: the sum is rounded to the input dtype, and that is what gets normalized.
-    # Added in ACC then rounded, as torch adds half types (and the interpreter's bf16 add is wrong).
-    if HAS_RESIDUAL:
-        r = tl.load(R + row * stride_r + cols, mask=in_row, other=0.0)
-        x = x.to(ACC) + r.to(ACC)
+    # -- fused dropout and residual: s = dropout(x) + r, formed in ACC and rounded once to the input
+    # dtype (as torch adds half types; the interpreter's bf16 add is wrong), and that is normalized.
+    if HAS_RESIDUAL or HAS_DROPOUT:
+        x = x.to(ACC)
+        if HAS_DROPOUT:  # a multiply, not a select: a dropped inf gives NaN, as in F.dropout
+            keep = dropout_keep(seed, 0, row.to(tl.int32), cols, threshold)
+            x = x * tl.where(keep, drop_scale, 0.0).to(ACC)
+        if HAS_RESIDUAL:
+            x = x + tl.load(R + row * stride_r + cols, mask=in_row, other=0.0).to(ACC)
         if ROUND_BF16:
             x = round_to_bf16(x)
         x = x.to(X.dtype.element_ty)
         tl.store(S + row * N + cols, x, mask=in_row)
     x = x.to(ACC)
-    # -- statistics, two passes over the row in registers. The mean is taken of x - x[0]: exact
-    # zeros for constant rows (so y is exactly the bias) and no cancellation for large offsets.
+    # -- statistics over the row in registers. shift = x[0] + mean(x - x[0]) is the mean to within
+    # rounding (exact zeros for constant rows, so y is exactly the bias; no cancellation for large
+    # offsets); the deviations (x - shift) - mean(x - shift) then round at their own scale.
     if RMS:
         xc = x
         mean = 0.0
     else:
         x0 = tl.sum(tl.where(cols == 0, x, 0.0), axis=0)
-        xs = tl.where(in_row, x - x0, 0.0)
-        mean_s = tl.sum(xs, axis=0) / N
-        xc = tl.where(in_row, xs - mean_s, 0.0)
-        mean = x0 + mean_s
+        shift = x0 + tl.sum(tl.where(in_row, x - x0, 0.0), axis=0) / N
+        xs = tl.where(in_row, x - shift, 0.0)
+        delta = tl.sum(xs, axis=0) / N
+        xc = tl.where(in_row, xs - delta, 0.0)
+        mean = shift + delta
     var = tl.sum(xc * xc, axis=0) / N
     rstd = 1.0 / tl.sqrt(var + eps)
     # -- normalize, scale, shift
@@ -83,10 +96,13 @@ def _norm_fwd_kernel(
 @triton.jit
 def _norm_bwd_kernel(
     DY, DSUM, X, W, MEAN, RSTD,   # dy (rows, N); dsum (rows, N) or None; x: what was normalized; w (N,) or None
-    DX, DW_PART, DB_PART,         # dx (rows, N) contiguous; (programs, N) float partials or None
+    DX, DRES,                     # dx (rows, N) contiguous: the input's gradient; dres: the residual's, or None
+    DW_PART, DB_PART,             # (programs, N) float partials or None
     stride_dy, stride_dsum, stride_x,
     rows, N, rows_per_program, eps,
-    RMS: tl.constexpr, HAS_DSUM: tl.constexpr, HAS_W: tl.constexpr, HAS_DB: tl.constexpr,
+    seed, threshold, drop_scale,  # the forward's dropout
+    RMS: tl.constexpr, HAS_DSUM: tl.constexpr, HAS_DROPOUT: tl.constexpr, HAS_DRES: tl.constexpr,
+    HAS_W: tl.constexpr, HAS_DB: tl.constexpr,
     ACC: tl.constexpr, BLOCK_N: tl.constexpr, ROUND_BF16: tl.constexpr,
 ):
     pid = tl.program_id(0).to(tl.int64)
@@ -121,6 +137,13 @@ def _norm_bwd_kernel(
                 dx = (wdy - (xhat * c1 + c2)) * rstd
             if HAS_DSUM:  # the returned sum x + r feeds its own gradient straight through
                 dx += tl.load(DSUM + row * stride_dsum + cols, mask=in_row, other=0.0).to(ACC)
+            # dx is now the gradient of s = dropout(x) + r: the residual's; the input's passes
+            # back through the same keep mask and scale as the forward.
+            if HAS_DROPOUT:
+                if HAS_DRES:
+                    store_rounded(DRES, row * N + cols, dx, in_row, ROUND_BF16)
+                keep = dropout_keep(seed, 0, row.to(tl.int32), cols, threshold)
+                dx = dx * tl.where(keep, drop_scale, 0.0).to(ACC)
             store_rounded(DX, row * N + cols, dx, in_row, ROUND_BF16)
             dw_acc += dy * xhat
             db_acc += dy
@@ -148,57 +171,84 @@ def _block_n(n: int) -> int:
 
 
 def _warps(block_n: int) -> int:
+    """Warps per program without autotuning: one per 256 elements of the row, 1 to 16."""
     return min(max(block_n // 256, 1), 16)
+
+
+# On CUDA the warp count is autotuned per row width (BLOCK_N) and feature set; a row is one program
+# either way, so only the parallelism inside it changes. The backward writes its partials with
+# stores (no accumulation across launches), so the autotuner's repeated runs leave them correct.
+_TUNE_KEY = ["BLOCK_N", "RMS", "HAS_RESIDUAL", "HAS_DROPOUT", "HAS_W", "HAS_B"]
+_BWD_TUNE_KEY = ["BLOCK_N", "RMS", "HAS_DSUM", "HAS_DROPOUT", "HAS_W", "HAS_DB"]
+_CONFIGS = [triton.Config({}, num_warps=w) for w in (1, 2, 4, 8, 16, 32)]
+_FWD_TUNED = autotuned(_norm_fwd_kernel, _CONFIGS, _TUNE_KEY)
+_BWD_TUNED = autotuned(_norm_bwd_kernel, _CONFIGS, _BWD_TUNE_KEY)
+
+
+def _launch(kernel, tuned, grid, args, meta):
+    if tuned is None:
+        kernel[grid](*args, **meta, num_warps=_warps(meta["BLOCK_N"]))
+    else:
+        tuned[grid](*args, **meta)
+
+
+def _dropout_args(seed: int, dropout_p: float) -> tuple[int, int, float]:
+    """(seed, keep threshold, scale) as the kernels take them; threshold as DropoutRng::threshold_for."""
+    if dropout_p <= 0:
+        return 0, 0, 1.0
+    return seed, math.ceil(dropout_p * 2 ** 24), 1.0 / (1.0 - dropout_p)
 
 
 @serialized_in_interpreter
 def norm_fwd(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], residual: Optional[Tensor],
-              eps: float, rms: bool):
+              eps: float, rms: bool, seed: int = 0, dropout_p: float = 0.0):
     n = x.shape[-1]
     x2 = _as_rows(x)
     rows = x2.shape[0]
     y = torch.empty(x.shape, dtype=x.dtype, device=x.device)
-    s = torch.empty(x.shape, dtype=x.dtype, device=x.device) if residual is not None else None
+    has_sum = residual is not None or dropout_p > 0
+    s = torch.empty(x.shape, dtype=x.dtype, device=x.device) if has_sum else None
     r2 = _as_rows(residual) if residual is not None else None
     stats = x.shape[:-1]
     mean = None if rms else torch.empty(stats, dtype=stat_dtype(x.dtype), device=x.device)
     rstd = torch.empty(stats, dtype=stat_dtype(x.dtype), device=x.device)
     if rows > 0 and n > 0:
-        block_n = _block_n(n)
         w = weight.contiguous() if weight is not None else None
         b = bias.contiguous() if bias is not None else None
-        _norm_fwd_kernel[(rows,)](
-            x2, r2, w, b, y, s, mean, rstd,
-            x2.stride(0), r2.stride(0) if r2 is not None else 0,
-            n, eps,
-            RMS=rms, HAS_RESIDUAL=residual is not None, HAS_W=weight is not None, HAS_B=bias is not None,
-            ACC=acc_dtype(x.dtype), BLOCK_N=block_n, ROUND_BF16=round_bf16(x.dtype), num_warps=_warps(block_n))
+        args = (x2, r2, w, b, y, s, mean, rstd, x2.stride(0), r2.stride(0) if r2 is not None else 0,
+                n, eps, *_dropout_args(seed, dropout_p))
+        meta = dict(RMS=rms, HAS_RESIDUAL=residual is not None, HAS_DROPOUT=dropout_p > 0,
+                    HAS_W=weight is not None, HAS_B=bias is not None, ACC=acc_dtype(x.dtype),
+                    BLOCK_N=_block_n(n), ROUND_BF16=round_bf16(x.dtype))
+        _launch(_norm_fwd_kernel, _FWD_TUNED, (rows,), args, meta)
     return y, s, mean, rstd
 
 
 @serialized_in_interpreter
 def norm_bwd(dy: Tensor, dsum: Optional[Tensor], x: Tensor, weight: Optional[Tensor],
-              mean: Optional[Tensor], rstd: Tensor, has_bias: bool, eps: float, rms: bool):
+              mean: Optional[Tensor], rstd: Tensor, has_bias: bool, eps: float, rms: bool,
+              seed: int = 0, dropout_p: float = 0.0, has_residual: bool = False):
     n = x.shape[-1]
     x2, dy2 = _as_rows(x), _as_rows(dy)
     ds2 = _as_rows(dsum) if dsum is not None else None
     rows = x2.shape[0]
     dx = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    has_dres = has_residual and dropout_p > 0
+    dres = torch.empty(x.shape, dtype=x.dtype, device=x.device) if has_dres else None
     programs = max(1, min(rows, BWD_MAX_PROGRAMS))
     part_dtype = stat_dtype(x.dtype)
     dw_part = torch.zeros(programs, n, dtype=part_dtype, device=x.device) if weight is not None else None
     db_part = torch.zeros(programs, n, dtype=part_dtype, device=x.device) if has_bias else None
     if rows > 0 and n > 0:
-        block_n = _block_n(n)
-        rows_per_program = triton.cdiv(rows, programs)
         w = weight.contiguous() if weight is not None else None
-        _norm_bwd_kernel[(programs,)](
-            dy2, ds2, x2, w, mean.contiguous() if mean is not None else None, rstd.contiguous(),
-            dx, dw_part, db_part,
-            dy2.stride(0), ds2.stride(0) if ds2 is not None else 0, x2.stride(0),
-            rows, n, rows_per_program, eps,
-            RMS=rms, HAS_DSUM=dsum is not None, HAS_W=weight is not None, HAS_DB=has_bias,
-            ACC=acc_dtype(x.dtype), BLOCK_N=block_n, ROUND_BF16=round_bf16(x.dtype), num_warps=_warps(block_n))
+        args = (dy2, ds2, x2, w, mean.contiguous() if mean is not None else None, rstd.contiguous(),
+                dx, dres, dw_part, db_part,
+                dy2.stride(0), ds2.stride(0) if ds2 is not None else 0, x2.stride(0),
+                rows, n, triton.cdiv(rows, programs), eps, *_dropout_args(seed, dropout_p))
+        meta = dict(RMS=rms, HAS_DSUM=dsum is not None, HAS_DROPOUT=dropout_p > 0, HAS_DRES=has_dres,
+                    HAS_W=weight is not None, HAS_DB=has_bias, ACC=acc_dtype(x.dtype),
+                    BLOCK_N=_block_n(n), ROUND_BF16=round_bf16(x.dtype))
+        _launch(_norm_bwd_kernel, _BWD_TUNED, (programs,), args, meta)
     dw = dw_part.sum(0).to(weight.dtype) if weight is not None else None
     db = db_part.sum(0).to(x.dtype) if has_bias else None
-    return dx, dw, db
+    return dx, dw, db, dres

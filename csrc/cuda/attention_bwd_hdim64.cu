@@ -1,0 +1,12 @@
+// The CUDA flash-attention backward for head dim 64 (one instantiation per file: builds parallelize).
+#include "attention_bwd.cuh"
+
+namespace zenattn {
+namespace cuda {
+
+cudaError_t launch_attention_bwd_hdim64(const AttnBwdParams& p, cudaStream_t stream) {
+  return attn::launch_attention_bwd<64>(p, stream);
+}
+
+}  // namespace cuda
+}  // namespace zenattn
