@@ -82,6 +82,18 @@ AttnShape shape_of(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v
 
 Strides strides_of(const at::Tensor& t) { return Strides{t.stride(0), t.stride(1), t.stride(2)}; }
 
+// The operand fields both params structs share.
+template <typename Params>
+void set_operands(Params& p, const AttnShape& s, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
+  p.s = s;
+  p.q = q.data_ptr();
+  p.k = k.data_ptr();
+  p.v = v.data_ptr();
+  p.q_st = strides_of(q);
+  p.k_st = strides_of(k);
+  p.v_st = strides_of(v);
+}
+
 void check_status(cudaError_t status, const char* what) {
   TORCH_CHECK(status == cudaSuccess, kOp, ": ", what, " failed: ", cudaGetErrorString(status));
 }
@@ -102,13 +114,7 @@ std::vector<at::Tensor> attention_fwd(const at::Tensor& q, const at::Tensor& k, 
   at::Tensor out_acc = at::empty(q.sizes(), q.options().dtype(at::kFloat).memory_format(at::MemoryFormat::Contiguous));
   at::Tensor lse = at::empty({s.batch, s.heads_q, s.len_q}, q.options().dtype(at::kFloat));
   AttnFwdParams p{};
-  p.s = s;
-  p.q = q.data_ptr();
-  p.k = k.data_ptr();
-  p.v = v.data_ptr();
-  p.q_st = strides_of(q);
-  p.k_st = strides_of(k);
-  p.v_st = strides_of(v);
+  set_operands(p, s, q, k, v);
   p.out = out.data_ptr();
   p.out_acc = out_acc.data_ptr<float>();
   p.lse = lse.data_ptr<float>();
@@ -133,14 +139,8 @@ std::vector<at::Tensor> attention_bwd(const at::Tensor& dout, const at::Tensor& 
   };
   at::Tensor dq = contiguous(q), dk = contiguous(k), dv = contiguous(v);
   AttnBwdParams p{};
-  p.s = s;
-  p.q = q.data_ptr();
-  p.k = k.data_ptr();
-  p.v = v.data_ptr();
+  set_operands(p, s, q, k, v);
   p.dout = dout.data_ptr();
-  p.q_st = strides_of(q);
-  p.k_st = strides_of(k);
-  p.v_st = strides_of(v);
   p.do_st = strides_of(dout);
   p.lse = lse_c.data_ptr<float>();
   p.delta = delta_c.data_ptr<float>();

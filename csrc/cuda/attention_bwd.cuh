@@ -74,21 +74,13 @@ __global__ void __launch_bounds__(kThreads) attention_bwd_dq_kernel(AttnBwdParam
   const int64_t n_first = (lo / kDqBlockN) * kDqBlockN;
   load_tile<D, kDqBlockM>(q_tile, q + m0 * p.q_st.n, p.q_st.n, s.len_q - m0);
   load_tile<D, kDqBlockM>(do_tile, dout + m0 * p.do_st.n, p.do_st.n, s.len_q - m0);
-  if (n_first < hi) {
-    load_tile<D, kDqBlockN>(k_tiles, k + n_first * p.k_st.n, p.k_st.n, s.len_k - n_first);
-    load_tile<D, kDqBlockN>(v_tiles, v + n_first * p.v_st.n, p.v_st.n, s.len_k - n_first);
-  }
+  if (n_first < hi) load_kv_tiles<D, kDqBlockN>(k_tiles, v_tiles, 0, k, v, p, n_first);
   cp_async_commit();
 
   int buf = 0;
   for (int64_t n0 = n_first; n0 < hi; n0 += kDqBlockN, buf ^= 1) {
     const int64_t n_next = n0 + kDqBlockN;
-    if (n_next < hi) {
-      load_tile<D, kDqBlockN>(k_tiles + (buf ^ 1) * kDqBlockN * kRowStride<D>, k + n_next * p.k_st.n, p.k_st.n,
-                              s.len_k - n_next);
-      load_tile<D, kDqBlockN>(v_tiles + (buf ^ 1) * kDqBlockN * kRowStride<D>, v + n_next * p.v_st.n, p.v_st.n,
-                              s.len_k - n_next);
-    }
+    if (n_next < hi) load_kv_tiles<D, kDqBlockN>(k_tiles, v_tiles, buf ^ 1, k, v, p, n_next);
     cp_async_commit();
     cp_async_wait<1>();
     __syncthreads();
@@ -193,8 +185,7 @@ __global__ void __launch_bounds__(kThreads) attention_bwd_dkdv_kernel(AttnBwdPar
     }
   };
 
-  load_tile<D, kDkvBlockN>(k_tile, k + n0 * p.k_st.n, p.k_st.n, s.len_k - n0);
-  load_tile<D, kDkvBlockN>(v_tile, v + n0 * p.v_st.n, p.v_st.n, s.len_k - n0);
+  load_kv_tiles<D, kDkvBlockN>(k_tile, v_tile, 0, k, v, p, n0);
   if (steps > 0) load_step(0, 0);
   cp_async_commit();
 

@@ -151,6 +151,16 @@ __device__ __forceinline__ void load_tile(T* tile, const T* src, int64_t row_str
   }
 }
 
+// Rows n0 .. n0 + ROWS - 1 of K and V (one batch and kv head: k, v point at its row 0) into buffer
+// `buf` of the double-buffered tiles k_tiles, v_tiles ([2][ROWS][row] each). P: the params struct.
+template <int D, int ROWS, typename T, typename P>
+__device__ __forceinline__ void load_kv_tiles(T* k_tiles, T* v_tiles, int buf, const T* k, const T* v, const P& p,
+                                              int64_t n0) {
+  const int64_t at = int64_t(buf) * ROWS * kRowStride<D>;
+  load_tile<D, ROWS>(k_tiles + at, k + n0 * p.k_st.n, p.k_st.n, p.s.len_k - n0);
+  load_tile<D, ROWS>(v_tiles + at, v + n0 * p.v_st.n, p.v_st.n, p.s.len_k - n0);
+}
+
 // ---- the mask -------------------------------------------------------------------------------------
 
 // Whether query i may attend key j (attention_params.h).

@@ -52,22 +52,14 @@ __global__ void __launch_bounds__(kThreads) attention_fwd_kernel(AttnFwdParams p
 
   // -- prologue: Q and the first K/V tile
   load_tile<D, kFwdBlockM>(q_tile, q + m0 * p.q_st.n, p.q_st.n, s.len_q - m0);
-  if (n_first < hi) {
-    load_tile<D, kFwdBlockN>(k_tiles, k + n_first * p.k_st.n, p.k_st.n, s.len_k - n_first);
-    load_tile<D, kFwdBlockN>(v_tiles, v + n_first * p.v_st.n, p.v_st.n, s.len_k - n_first);
-  }
+  if (n_first < hi) load_kv_tiles<D, kFwdBlockN>(k_tiles, v_tiles, 0, k, v, p, n_first);
   cp_async_commit();
 
   int buf = 0;
   for (int64_t n0 = n_first; n0 < hi; n0 += kFwdBlockN, buf ^= 1) {
     // -- prefetch the next tile into the other buffer (last read before the previous barrier)
     const int64_t n_next = n0 + kFwdBlockN;
-    if (n_next < hi) {
-      load_tile<D, kFwdBlockN>(k_tiles + (buf ^ 1) * kFwdBlockN * kRowStride<D>, k + n_next * p.k_st.n, p.k_st.n,
-                               s.len_k - n_next);
-      load_tile<D, kFwdBlockN>(v_tiles + (buf ^ 1) * kFwdBlockN * kRowStride<D>, v + n_next * p.v_st.n, p.v_st.n,
-                               s.len_k - n_next);
-    }
+    if (n_next < hi) load_kv_tiles<D, kFwdBlockN>(k_tiles, v_tiles, buf ^ 1, k, v, p, n_next);
     cp_async_commit();
     cp_async_wait<1>();  // everything but the prefetch just issued has landed
     __syncthreads();
