@@ -302,3 +302,21 @@ def test_zenattn_is_held_to_the_design_rule_and_others_to_a_sanity_bound():
     sanity = bounds(case, ref, baseline, strict=False)
     assert sanity == {"out": pytest.approx(1e-4 * 4.0), "dw": pytest.approx(1e-4 * 50.0)}
     assert bounds(case, ref, None, strict=True) == sanity      # no baseline: the sanity bound
+
+
+def test_model_profile_puts_each_op_in_its_family():
+    """benchmarks/profile_model.py: both builds' attention and norm ops land in the same families."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "profile_model.py"
+    spec = importlib.util.spec_from_file_location("profile_model", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    cases = {
+        "zenattn::attention_bwd": "attention", "attention_fwd_eager": "attention",
+        "aten::_scaled_dot_product_flash_attention_for_cpu": "attention",
+        "layer_norm_fwd_eager": "norm", "zenattn::rms_norm_bwd": "norm", "aten::native_layer_norm": "norm",
+        "aten::mm": "matmul", "aten::addmm": "matmul", "aten::gelu": "other", "Optimizer.step#AdamW.step": "other",
+    }
+    assert {name: mod.family(name) for name in cases} == cases

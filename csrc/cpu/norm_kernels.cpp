@@ -66,13 +66,13 @@ struct Step {
   }
 };
 
-template <typename A>
-inline A hsum(const Vectorized<A>& v) {
-  alignas(64) A lanes[Vectorized<A>::size()];
-  v.store(lanes);
-  A s = 0;
-  for (int i = 0; i < Vectorized<A>::size(); ++i) s += lanes[i];
-  return s;
+// The sum of all lanes of V accumulators: added lane-wise first, then one shuffle reduction (a
+// horizontal sum per accumulator cost more than the data work on rows of a few hundred elements).
+template <typename A, int V>
+inline A hsum(const Vectorized<A> (&acc)[V]) {
+  Vectorized<A> t = acc[0];
+  for (int v = 1; v < V; ++v) t = t + acc[v];
+  return at::vec::vec_reduce_all<A>([](Vectorized<A>& a, Vectorized<A>& b) { return a + b; }, t);
 }
 
 // For fp16/bf16, a row (or a weight) converted once to the opmath type in a per-task buffer, so
@@ -200,7 +200,7 @@ void norm_fwd_rows(const NormFwdParams& p, int64_t r0, int64_t r1) {
         for (int v = 0; v < V; ++v) acc[v] = acc[v] + (a[v] - x0_v);
       }
       A total = 0;
-      for (int v = 0; v < V; ++v) total += hsum(acc[v]);
+      total += hsum(acc);
       for (; j < N; ++j) total += x[j] - x0;
       shift = x0 + total / static_cast<A>(N);
     }
@@ -218,10 +218,8 @@ void norm_fwd_rows(const NormFwdParams& p, int64_t r0, int64_t r1) {
         }
       }
       A total_d = 0;
-      for (int v = 0; v < V; ++v) {
-        sq += hsum(acc[v]);
-        total_d += hsum(acc_d[v]);
-      }
+      sq += hsum(acc);
+      total_d += hsum(acc_d);
       for (; j < N; ++j) {
         A c = kRms ? x[j] : x[j] - shift;
         total_d += c;
@@ -340,10 +338,8 @@ void norm_bwd_rows(const NormBwdParams& p, int64_t r0, int64_t r1,
           }
         }
       }
-      for (int v = 0; v < V; ++v) {
-        sum_gx += hsum(acc_gx[v]);
-        sum_g += hsum(acc_g[v]);
-      }
+      sum_gx += hsum(acc_gx);
+      sum_g += hsum(acc_g);
       for (; j < N; ++j) {
         const A xhat = (static_cast<A>(x[j]) - mean) * rstd;
         const A d = static_cast<A>(dy[j]);

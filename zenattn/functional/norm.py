@@ -164,7 +164,7 @@ def layer_norm(
                                         dropout_p=dropout_p, dropout_keep=_reference_keep(seed, input, shape, dropout_p))
 
     x, r, (w, b) = _over_last_dim(shape, input, residual, weight, bias)
-    y, s, _, _ = norm_ops.layer_norm_fwd(x, w, b, r, seed, float(eps), float(dropout_p), choice.backend)
+    y, s, _, _ = norm_ops.layer_norm(x, w, b, r, seed, float(eps), float(dropout_p), choice.backend)
     return _norm_result(y, s, input, residual)
 
 
@@ -198,5 +198,5 @@ def rms_norm(
                                       dropout_p=dropout_p, dropout_keep=_reference_keep(seed, input, shape, dropout_p))
 
     x, r, (w,) = _over_last_dim(shape, input, residual, weight)
-    y, s, _ = norm_ops.rms_norm_fwd(x, w, r, seed, float(eps), float(dropout_p), choice.backend)
+    y, s, _ = norm_ops.rms_norm(x, w, r, seed, float(eps), float(dropout_p), choice.backend)
     return _norm_result(y, s, input, residual)

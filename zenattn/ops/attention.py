@@ -31,6 +31,7 @@ from torch import Tensor
 from zenattn import backends
 from zenattn.ops._library import define as _define
 from zenattn.ops._library import lib as _lib
+from zenattn.ops._library import register_autograd as _register_autograd
 from zenattn.ops._library import stat_dtype as _stat_dtype
 
 _SCORE_ARGS = ("Tensor? attn_mask, Tensor? alibi_slopes, Tensor? seed, float scale, float softcap, "
@@ -101,8 +102,7 @@ def _attention_backward(ctx, dout, dlse, _dout_acc):
     return (dq, dk, dv) + (None,) * 11
 
 
-torch.library.register_autograd("zenattn::attention_fwd", _attention_backward,
-                                setup_context=_attention_setup, lib=_lib)
+attention = _register_autograd(attention_fwd, _attention_fwd, _attention_setup, _attention_backward)
 
 
 def _attention_double_backward(ctx, *grads):

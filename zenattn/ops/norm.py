@@ -41,7 +41,7 @@ from torch import Tensor
 
 from zenattn import backends
 from zenattn.ops._library import define as _define
-from zenattn.ops._library import lib as _lib
+from zenattn.ops._library import register_autograd as _register_autograd
 from zenattn.ops._library import stat_dtype as _stat_dtype
 
 def _or_empty(t: Optional[Tensor], like: Tensor) -> Tensor:
@@ -139,8 +139,7 @@ def _layer_norm_backward(ctx, dy, dsum, _dmean, _drstd):
             None, None, None, None)
 
 
-torch.library.register_autograd("zenattn::layer_norm_fwd", _layer_norm_backward,
-                                setup_context=_layer_norm_setup, lib=_lib)
+layer_norm = _register_autograd(layer_norm_fwd, _layer_norm_fwd, _layer_norm_setup, _layer_norm_backward)
 
 
 # ---- RMSNorm --------------------------------------------------------------------------------
@@ -200,8 +199,7 @@ def _rms_norm_backward(ctx, dy, dsum, _drstd):
     return dx, dw if weight is not None else None, dres, None, None, None, None
 
 
-torch.library.register_autograd("zenattn::rms_norm_fwd", _rms_norm_backward,
-                                setup_context=_rms_norm_setup, lib=_lib)
+rms_norm = _register_autograd(rms_norm_fwd, _rms_norm_fwd, _rms_norm_setup, _rms_norm_backward)
 
 
 # ---- backends implementing both families with exactly these signatures ---------------------------
