@@ -158,12 +158,12 @@ def test_deterministic_algorithms_mode(backend, monkeypatch):
     error (none of them has a non-deterministic path: no atomics anywhere), repeats bitwise, and the
     request reaches the kernels as deterministic=True even when the call does not ask."""
     seen = []
-    real = zenattn.ops.attention.attention_fwd
+    real = zenattn.ops.attention.attention  # what the functional API calls: the op, or its eager path
 
     def spy(*args):
         seen.append(args[12])          # the schema's `deterministic`
         return real(*args)
-    monkeypatch.setattr(zenattn.ops.attention, "attention_fwd", spy)
+    monkeypatch.setattr(zenattn.ops.attention, "attention", spy)
     previous = torch.are_deterministic_algorithms_enabled()
     torch.use_deterministic_algorithms(True)
     try:
