@@ -16,9 +16,9 @@
 #   flex.log         FlexAttention beside zenattn on one shape (it compiles per shape: kept apart)
 #   tests.log    the CUDA C++ attention tests, then the parity / edge-case / API tests on CUDA
 #                tensors (ZENATTN_TEST_DEVICE=cuda)
-# Time: under 8 minutes on an H200 (the build runs beside the first benchmark; the steps are
-# time-limited to 170 (beside the build, up to 200) + 100 + 50 + 30 + 95 s: 475 s at most; results are appended case by case, so a step cut short
-# keeps what it measured).
+# Time: under 8 minutes on an H200. The build (up to 200 s) runs beside the first benchmark (170 s);
+# then 100 + 50 + 30 + 95 s: 475 s at most. Results are appended case by case, so a step cut short
+# keeps what it measured.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-${OUT:-benchmarks/results/gpu-run}}
