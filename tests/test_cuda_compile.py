@@ -57,3 +57,18 @@ def test_cuda_launchers_compile_against_torch(source):
     flags += [f"-I{p}" for p in include_paths()]
     proc = subprocess.run([cxx, *flags, str(ROOT / source)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-4000:]
+
+
+def test_attention_fragment_index_math_against_emulated_ptx(tmp_path):
+    """The CUDA attention kernels' lane addresses and accumulator mapping (csrc/cuda/attention_layout.h)
+    give S = Q K^T and O = P V exactly, with ldmatrix and mma.sync emulated on the host from the PTX
+    ISA's description (tests/cuda_layout_check.cpp). Needs only g++: it runs without nvcc or a GPU."""
+    cxx = shutil.which("g++") or shutil.which("c++")
+    if cxx is None:
+        pytest.skip("no C++ compiler")
+    exe = tmp_path / "layout_check"
+    build = subprocess.run([cxx, "-std=c++17", "-O1", f"-I{ROOT / 'csrc'}", str(ROOT / "tests" / "cuda_layout_check.cpp"),
+                            "-o", str(exe)], capture_output=True, text=True)
+    assert build.returncode == 0, build.stderr[-3000:]
+    run = subprocess.run([str(exe)], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0 and run.stdout.strip() == "ok", run.stdout[-2000:]

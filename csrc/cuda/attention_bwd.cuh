@@ -111,7 +111,8 @@ __global__ void __launch_bounds__(kThreads) attention_bwd_dq_kernel(AttnBwdParam
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
         const int r = e >> 1;
-        const int64_t i = m0 + warp * 16 + g + r * 8, j = n0 + nt * 8 + 2 * t + (e & 1);
+        const layout::RowCol at = layout::acc_elem(lane, e);
+        const int64_t i = m0 + warp * 16 + at.row, j = n0 + nt * 8 + at.col;
         const float pr = allowed(s, i, j) ? prob(sc[nt][e] * s.scale, lse[r]) : 0.0f;
         sc[nt][e] = pr * (dp[nt][e] - delta[r]);
       }
@@ -224,8 +225,9 @@ __global__ void __launch_bounds__(kThreads) attention_bwd_dkdv_kernel(AttnBwdPar
     for (int mt = 0; mt < kMT; ++mt) {
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
-        const int c = mt * 8 + 2 * t + (e & 1);
-        const int64_t j = n0 + warp * 16 + g + (e >> 1) * 8, i = m0 + c;
+        const layout::RowCol at = layout::acc_elem(lane, e);  // rows: keys, columns: queries
+        const int c = mt * 8 + at.col;
+        const int64_t j = n0 + warp * 16 + at.row, i = m0 + c;
         const float pr = allowed(s, i, j) ? prob(sc[mt][e] * s.scale, lse[c]) : 0.0f;
         sc[mt][e] = pr;
         dp[mt][e] = pr * (dp[mt][e] - delta[c]);

@@ -16,6 +16,7 @@
 
 #include <cstdint>
 
+#include "attention_layout.h"
 #include "attention_params.h"
 
 namespace zenattn {
@@ -72,10 +73,12 @@ __device__ __forceinline__ void mma<__nv_bfloat16>(float (&d)[4], const uint32_t
 // Two accumulator tiles (cols 0-7 and 8-15 of a 16x16 block) rounded to T: an A operand.
 template <typename T>
 __device__ __forceinline__ void to_operand_a(uint32_t (&a)[4], const float (&lo)[4], const float (&hi)[4]) {
-  a[0] = pack2<T>(lo[0], lo[1]);
-  a[1] = pack2<T>(lo[2], lo[3]);
-  a[2] = pack2<T>(hi[0], hi[1]);
-  a[3] = pack2<T>(hi[2], hi[3]);
+#pragma unroll
+  for (int r = 0; r < 4; ++r) {
+    const layout::AccPair src = layout::a_reg_from_acc(r);
+    const float* tile = src.hi ? hi : lo;
+    a[r] = pack2<T>(tile[src.first], tile[src.first + 1]);
+  }
 }
 
 // ---- ldmatrix: fragments from a shared tile with rows of kRowStride<D> elements -------------------
@@ -99,19 +102,17 @@ __device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const void* 
 // A operand: rows row0 .. row0+15 (m), cols col0 .. col0+15 (k) of a row-major tile.
 template <int D, typename T>
 __device__ __forceinline__ void load_a(uint32_t (&a)[4], const T* tile, int row0, int col0) {
-  const int lane = threadIdx.x & 31;
-  const int row = row0 + (lane & 7) + ((lane >> 3) & 1) * 8, col = col0 + (lane >> 4) * 8;
-  ldmatrix_x4(a, tile + row * kRowStride<D> + col);
+  const layout::RowCol at = layout::lane_a(threadIdx.x & 31, row0, col0);
+  ldmatrix_x4(a, tile + at.row * kRowStride<D> + at.col);
 }
 
 // B operands of two neighbouring n-tiles from a tile stored with n along its rows and k along its
 // columns (keys x head dim for S = Q K^T): rows n0 .. n0+15 (b[0]: n0..n0+7, b[1]: n0+8..), cols k0 .. k0+15.
 template <int D, typename T>
 __device__ __forceinline__ void load_b_nk(uint32_t (&b)[2][2], const T* tile, int n0, int k0) {
-  const int lane = threadIdx.x & 31;
-  const int row = n0 + (lane & 7) + (lane >> 4) * 8, col = k0 + ((lane >> 3) & 1) * 8;
+  const layout::RowCol at = layout::lane_b_nk(threadIdx.x & 31, n0, k0);
   uint32_t r[4];
-  ldmatrix_x4(r, tile + row * kRowStride<D> + col);
+  ldmatrix_x4(r, tile + at.row * kRowStride<D> + at.col);
   b[0][0] = r[0]; b[0][1] = r[1];
   b[1][0] = r[2]; b[1][1] = r[3];
 }
@@ -120,10 +121,9 @@ __device__ __forceinline__ void load_b_nk(uint32_t (&b)[2][2], const T* tile, in
 // columns (keys x head dim for O = P V): rows k0 .. k0+15, cols n0 .. n0+15 (b[0]: n0..n0+7, b[1]: n0+8..).
 template <int D, typename T>
 __device__ __forceinline__ void load_b_kn(uint32_t (&b)[2][2], const T* tile, int k0, int n0) {
-  const int lane = threadIdx.x & 31;
-  const int row = k0 + (lane & 7) + ((lane >> 3) & 1) * 8, col = n0 + (lane >> 4) * 8;
+  const layout::RowCol at = layout::lane_b_kn(threadIdx.x & 31, k0, n0);
   uint32_t r[4];
-  ldmatrix_x4_trans(r, tile + row * kRowStride<D> + col);
+  ldmatrix_x4_trans(r, tile + at.row * kRowStride<D> + at.col);
   b[0][0] = r[0]; b[0][1] = r[1];
   b[1][0] = r[2]; b[1][1] = r[3];
 }

@@ -87,7 +87,8 @@ __global__ void __launch_bounds__(kThreads) attention_fwd_kernel(AttnFwdParams p
     for (int nt = 0; nt < kNT; ++nt) {
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
-        const int64_t i = m0 + warp * 16 + g + (e >> 1) * 8, j = n0 + nt * 8 + 2 * t + (e & 1);
+        const layout::RowCol at = layout::acc_elem(lane, e);
+        const int64_t i = m0 + warp * 16 + at.row, j = n0 + nt * 8 + at.col;
         sc[nt][e] = allowed(s, i, j) ? sc[nt][e] * s.scale : -kInf;
         tile_max[e >> 1] = fmaxf(tile_max[e >> 1], sc[nt][e]);
       }
