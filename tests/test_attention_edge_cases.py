@@ -554,6 +554,16 @@ def test_every_cpu_isa_build_and_gemm_path(isa, blas):
                 for g, r in zip(got, want):
                     rel = (g.double() - r).abs().max().item() / (1 + r.abs().max().item())
                     assert rel < tol * 10, (dtype, kw, rel)
+        # dropout: each build's Philox (vector lanes on AVX2 / AVX-512) draws the reference mask
+        from zenattn.functional.attention import draw_seed
+        from zenattn.reference import dropout_keep_ref
+        q, k, v = (torch.randn(2, 4, 37, 24, dtype=torch.float64) for _ in range(3))
+        torch.manual_seed(5)
+        out = zenattn.attention(q, k, v, dropout_p=0.3, backend="cpu")
+        torch.manual_seed(5)
+        keep = dropout_keep_ref(int(draw_seed()), 2, 4, 37, 37, 0.3)
+        ref = attention_ref(q, k, v, dropout_p=0.3, dropout_keep=keep)
+        assert (out - ref).abs().max() < 1e-10
         print("ok")
     """)
     env = dict(os.environ, ATEN_CPU_CAPABILITY=isa)

@@ -235,16 +235,7 @@ struct Head {
 
   // keep[r, c] (row stride ld) = 1 if dropout keeps score (i0 + r, j0 + c).
   void dropout_keep(uint8_t* keep, int64_t ld, int64_t i0, int64_t rows, int64_t j0, int64_t cols) const {
-    for (int64_t r = 0; r < rows; ++r) {
-      uint8_t* kr = keep + r * ld;
-      int64_t j = j0;
-      while (j < j0 + cols) {
-        const uint64_t t = uint64_t(j) >> 2;
-        const uint32_t bits = rng.keep4(uint64_t(bh), uint64_t(i0 + r), t);
-        const int64_t stop = std::min<int64_t>(j0 + cols, int64_t(t + 1) * 4);
-        for (; j < stop; ++j) kr[j - j0] = (bits >> (j & 3)) & 1u;
-      }
-    }
+    for (int64_t r = 0; r < rows; ++r) rng.keep_flags(uint64_t(bh), uint64_t(i0 + r), j0, cols, keep + r * ld);
   }
 };
 

@@ -116,10 +116,8 @@ struct DropoutRow {
 
   const A* fill(int64_t r) {
     const int64_t n = static_cast<int64_t>(buf.size());
-    for (int64_t j = 0; j < n; j += 4) {
-      const uint32_t bits = rng.keep4(0, uint64_t(r), uint64_t(j >> 2));
-      for (int64_t b = 0; b < 4 && j + b < n; ++b) buf[j + b] = (bits >> b) & 1u ? scale : A(0);
-    }
+    rng.keep_flags(0, uint64_t(r), 0, n, buf.data());  // 1 or 0, then scaled
+    for (int64_t j = 0; j < n; ++j) buf[j] *= scale;
     return buf.data();
   }
 };
