@@ -182,6 +182,35 @@ def test_torchrun_two_processes_match_one_on_the_same_global_batch(tmp_path, mod
         torch.testing.assert_close(tensor, reference[name], rtol=1e-4, atol=1e-6)
 
 
+def test_fsdp_resume_reproduces_the_loss_curve(tmp_path, capsys):
+    """Under FSDP over 2 CPU processes, a run resumed from its step-2 checkpoint ends with the same
+    losses as the uninterrupted run (the sharded model and optimizer reload from the whole-tensor
+    checkpoint), and a checkpoint cannot be resumed across --fsdp and its absence."""
+    import os
+    import subprocess
+    import sys
+
+    def torchrun(out, *extra):
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               "-m", "zenattn.train", "--preset", "test", "--steps", "4", "--batch", "4", "--no-plots", "--quiet",
+               "--fsdp", "--out", str(tmp_path / out), *extra]
+        return subprocess.run(cmd, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True,
+                              timeout=600)
+
+    full = torchrun("full", "--checkpoint-every", "2")
+    assert full.returncode == 0, full.stderr[:6000]
+    resumed = torchrun("resumed", "--resume", str(tmp_path / "full" / "checkpoint-2.pt"))
+    assert resumed.returncode == 0, resumed.stderr[:6000]
+    history = torch.load(tmp_path / "full" / "checkpoint.pt", weights_only=False)["history"]["loss"]
+    again = torch.load(tmp_path / "resumed" / "checkpoint.pt", weights_only=False)["history"]["loss"]
+    assert len(history) == len(again) == 4
+    torch.testing.assert_close(torch.tensor(again), torch.tensor(history), rtol=1e-6, atol=1e-7)
+    with pytest.raises(SystemExit):
+        trainer.main(["--preset", "test", "--steps", "4", "--batch", "4", "--no-plots", "--quiet",
+                      "--out", str(tmp_path / "plain"), "--resume", str(tmp_path / "full" / "checkpoint-2.pt")])
+    assert "written with --fsdp, so resume it with --fsdp" in capsys.readouterr().err
+
+
 # ---- the encoder-decoder's sequence-to-sequence task ------------------------------------------------
 
 def test_reverse_task_batches_and_scoring(monkeypatch):

@@ -149,6 +149,21 @@ def full_state(model, optimizer, sharded: bool) -> tuple[dict, dict]:
     return get_model_state_dict(model, options=options), get_optimizer_state_dict(model, optimizer, options=options)
 
 
+def load_full_state(model, optimizer, ckpt: dict, sharded: bool) -> None:
+    """The inverse of :func:`full_state`: whole-tensor state dicts into the (FSDP-sharded) model and its
+    optimizer; every rank reads the same checkpoint and keeps its own shards."""
+    if not sharded:
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        return
+    from torch.distributed.checkpoint.state_dict import (StateDictOptions, set_model_state_dict,  # noqa: PLC0415
+                                                         set_optimizer_state_dict)
+
+    options = StateDictOptions(full_state_dict=True)
+    set_model_state_dict(model, ckpt["model"], options=options)
+    set_optimizer_state_dict(model, optimizer, ckpt["optimizer"], options=options)
+
+
 def save_checkpoint(path: Path, state: tuple[dict, dict], cfg: TransformerConfig, step: int,
                     generator: torch.Generator, history: dict, args: dict) -> None:
     torch.save(dict(model=state[0], optimizer=state[1], step=step, generator=generator.get_state(),
@@ -328,8 +343,6 @@ def train(args: argparse.Namespace) -> dict:
     if args.fsdp:
         if world <= 1:
             raise ValueError("--fsdp shards across processes: run it under torchrun with --nproc_per_node >= 2")
-        if args.resume:
-            raise ValueError("--fsdp with --resume is not supported yet (resume without --fsdp, or under DDP)")
         from torch.distributed.fsdp import fully_shard  # noqa: PLC0415  (torch >= 2.6)
 
         for block in [*model.blocks, *(model.encoder or [])]:
@@ -349,12 +362,11 @@ def train(args: argparse.Namespace) -> dict:
         if ckpt["config"] != dataclasses.asdict(cfg):
             raise ValueError(f"--resume {args.resume}: the checkpoint's model {ckpt['config']} differs from this "
                              f"run's {dataclasses.asdict(cfg)}")
-        if ckpt["args"].get("fsdp"):
-            raise ValueError(f"--resume {args.resume}: written under --fsdp, its optimizer state is keyed by parameter "
-                             f"name (torch.distributed.checkpoint's format); resuming it is not supported yet (its "
-                             f"'model' entry loads into Transformer(config) as usual)")
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
+        if bool(ckpt["args"].get("fsdp")) != bool(args.fsdp):
+            written = "with" if ckpt["args"].get("fsdp") else "without"
+            raise ValueError(f"--resume {args.resume}: written {written} --fsdp, so resume it {written} --fsdp (the "
+                             f"optimizer state is keyed differently; the 'model' entry loads into any build)")
+        load_full_state(model, optimizer, ckpt, args.fsdp)
         generator.set_state(ckpt["generator"])
         torch.set_rng_state(ckpt["torch_rng"])
         history, start = ckpt["history"], ckpt["step"]
