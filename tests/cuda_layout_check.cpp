@@ -77,6 +77,16 @@ void mma(double (&d)[32][4], const Pair (&a)[32][4], const Pair (&b)[32][2]) {
   }
 }
 
+// An ldmatrix .x4 of two n-tiles' B operands: registers {r0, r1} feed n-tile 0, {r2, r3} n-tile 1.
+void split_b(const Regs4& r, Pair (&b0)[32][2], Pair (&b1)[32][2]) {
+  for (int lane = 0; lane < 32; ++lane) {
+    b0[lane][0] = r[lane][0];
+    b0[lane][1] = r[lane][1];
+    b1[lane][0] = r[lane][2];
+    b1[lane][1] = r[lane][3];
+  }
+}
+
 int failures = 0;
 
 void expect_close(double got, double want, const char* what, int r, int c) {
@@ -100,10 +110,7 @@ void check_scores(int D) {
       for (int lane = 0; lane < 32; ++lane) addr[lane] = lane_b_nk(lane, np * 16, kk * 16);
       ldmatrix_x4(r, k, addr, false);
       Pair b0[32][2], b1[32][2];
-      for (int lane = 0; lane < 32; ++lane) {
-        b0[lane][0] = r[lane][0]; b0[lane][1] = r[lane][1];
-        b1[lane][0] = r[lane][2]; b1[lane][1] = r[lane][3];
-      }
+      split_b(r, b0, b1);
       mma(s[2 * np], a, b0);
       mma(s[2 * np + 1], a, b1);
     }
@@ -147,10 +154,7 @@ void check_output(int D) {
       for (int lane = 0; lane < 32; ++lane) addr[lane] = lane_b_kn(lane, kk * 16, dp * 16);
       ldmatrix_x4(r, v, addr, true);
       Pair b0[32][2], b1[32][2];
-      for (int lane = 0; lane < 32; ++lane) {
-        b0[lane][0] = r[lane][0]; b0[lane][1] = r[lane][1];
-        b1[lane][0] = r[lane][2]; b1[lane][1] = r[lane][3];
-      }
+      split_b(r, b0, b1);
       mma(*reinterpret_cast<double(*)[32][4]>(o_tile(2 * dp)), a, b0);
       mma(*reinterpret_cast<double(*)[32][4]>(o_tile(2 * dp + 1)), a, b1);
     }
