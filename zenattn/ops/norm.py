@@ -60,7 +60,7 @@ def _writes_sum(residual: Optional[Tensor], dropout_p: float) -> bool:
     return residual is not None or dropout_p > 0
 
 
-def _fwd_fake(x, residual, dropout_p, stats_like):
+def _fwd_fake(x, residual, dropout_p):
     y = torch.empty_like(x, memory_format=torch.contiguous_format)
     s = torch.empty_like(y) if _writes_sum(residual, dropout_p) else x.new_empty(0)
     return y, s
@@ -76,7 +76,7 @@ def _layer_norm_fwd(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
 
 def _layer_norm_fwd_fake(x, weight, bias, residual, seed, eps, dropout_p, backend):
     stats = x.new_empty(x.shape[:-1], dtype=_stat_dtype(x.dtype))
-    y, s = _fwd_fake(x, residual, dropout_p, stats)
+    y, s = _fwd_fake(x, residual, dropout_p)
     return y, s, stats, torch.empty_like(stats)
 
 
@@ -153,7 +153,7 @@ def _rms_norm_fwd(x: Tensor, weight: Optional[Tensor], residual: Optional[Tensor
 
 def _rms_norm_fwd_fake(x, weight, residual, seed, eps, dropout_p, backend):
     rstd = x.new_empty(x.shape[:-1], dtype=_stat_dtype(x.dtype))
-    y, s = _fwd_fake(x, residual, dropout_p, rstd)
+    y, s = _fwd_fake(x, residual, dropout_p)
     return y, s, rstd
 
 

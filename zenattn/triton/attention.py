@@ -28,7 +28,6 @@ runs (also on CUDA with ``ZENATTN_TRITON_AUTOTUNE=0``).
 
 from __future__ import annotations
 
-import math
 from typing import Optional
 
 import torch
@@ -37,8 +36,8 @@ import triton.language as tl
 from torch import Tensor
 
 from zenattn.triton import interpreting
-from zenattn.triton.common import (acc_dtype, autotuned, dot, dropout_keep, round_bf16, serialized_in_interpreter, stat_dtype,
-                                   store_rounded, tanh, to_dtype)
+from zenattn.triton.common import (acc_dtype, autotuned, dot, dropout_args, dropout_keep, round_bf16,
+                                   serialized_in_interpreter, stat_dtype, store_rounded, tanh, to_dtype)
 
 MAX_HEAD_DIM = 256
 LOG2E = tl.constexpr(1.4426950408889634)  # jit code reads module globals only as constexpr
@@ -407,12 +406,10 @@ def _score_args(q: Tensor, k: Tensor, attn_mask: Optional[Tensor], alibi_slopes:
         slopes = slopes[None].expand(B, H) if slopes.dim() == 1 else slopes
     wl = _window_side(window_left, Nq, Nk)
     wr = _window_side(window_right, Nq, Nk)
-    threshold = math.ceil(dropout_p * 2 ** 24) if dropout_p > 0 else 0
     mask_strides = tuple(mask.stride()) if mask is not None else (0, 0, 0, 0)
     slope_strides = tuple(slopes.stride()) if slopes is not None else (0, 0)
     scalars = (float(scale), float(softcap), Nk - Nq if bottom_right else 0,
-               max(wl, 0), max(wr, 0), int(seed.item()) if dropout_p > 0 else 0, threshold,
-               1.0 / (1.0 - dropout_p))
+               max(wl, 0), max(wr, 0), *dropout_args(int(seed.item()) if dropout_p > 0 else 0, dropout_p))
     flags = dict(HAS_MASK=mask is not None, MASK_BOOL=mask is not None and mask.dtype == torch.bool,
                  HAS_ALIBI=slopes is not None, HAS_SOFTCAP=softcap > 0, HAS_WL=wl >= 0, HAS_WR=wr >= 0,
                  HAS_DROPOUT=dropout_p > 0, ACC=acc_dtype(q.dtype),

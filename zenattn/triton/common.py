@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import math
 import os
 import threading
 
@@ -76,6 +77,14 @@ def dropout_keep(seed, bh, i, j, threshold):
     w = (zero + j) & 3
     word = tl.where(w == 0, r0, tl.where(w == 1, r1, tl.where(w == 2, r2, r3)))
     return (word >> 8).to(tl.int32) >= threshold
+
+
+def dropout_args(seed: int, dropout_p: float) -> tuple[int, int, float]:
+    """(seed, keep threshold, 1 / (1 - p)) as the kernels take them: keep iff a draw's top 24 bits
+    are >= ceil(p * 2^24), as ``DropoutRng::threshold_for``; (0, 0, 1.0) without dropout."""
+    if dropout_p <= 0:
+        return 0, 0, 1.0
+    return seed, math.ceil(dropout_p * 2 ** 24), 1.0 / (1.0 - dropout_p)
 
 
 def acc_dtype(dtype: torch.dtype):

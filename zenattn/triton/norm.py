@@ -20,7 +20,6 @@ was imported (how CI tests them).
 
 from __future__ import annotations
 
-import math
 from typing import Optional
 
 import torch
@@ -28,7 +27,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from zenattn.triton.common import (acc_dtype, autotuned, dropout_keep, round_bf16, round_to_bf16,
+from zenattn.triton.common import (acc_dtype, autotuned, dropout_args, dropout_keep, round_bf16, round_to_bf16,
                                    serialized_in_interpreter, stat_dtype, store_rounded)
 
 MAX_HIDDEN = 65536      # one row must fit in one program's registers
@@ -192,13 +191,6 @@ def _launch(kernel, tuned, grid, args, meta):
         tuned[grid](*args, **meta)
 
 
-def _dropout_args(seed: int, dropout_p: float) -> tuple[int, int, float]:
-    """(seed, keep threshold, scale) as the kernels take them; threshold as DropoutRng::threshold_for."""
-    if dropout_p <= 0:
-        return 0, 0, 1.0
-    return seed, math.ceil(dropout_p * 2 ** 24), 1.0 / (1.0 - dropout_p)
-
-
 @serialized_in_interpreter
 def norm_fwd(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], residual: Optional[Tensor],
               eps: float, rms: bool, seed: int = 0, dropout_p: float = 0.0):
@@ -216,7 +208,7 @@ def norm_fwd(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], residu
         w = weight.contiguous() if weight is not None else None
         b = bias.contiguous() if bias is not None else None
         args = (x2, r2, w, b, y, s, mean, rstd, x2.stride(0), r2.stride(0) if r2 is not None else 0,
-                n, eps, *_dropout_args(seed, dropout_p))
+                n, eps, *dropout_args(seed, dropout_p))
         meta = dict(RMS=rms, HAS_RESIDUAL=residual is not None, HAS_DROPOUT=dropout_p > 0,
                     HAS_W=weight is not None, HAS_B=bias is not None, ACC=acc_dtype(x.dtype),
                     BLOCK_N=_block_n(n), ROUND_BF16=round_bf16(x.dtype))
@@ -244,7 +236,7 @@ def norm_bwd(dy: Tensor, dsum: Optional[Tensor], x: Tensor, weight: Optional[Ten
         args = (dy2, ds2, x2, w, mean.contiguous() if mean is not None else None, rstd.contiguous(),
                 dx, dres, dw_part, db_part,
                 dy2.stride(0), ds2.stride(0) if ds2 is not None else 0, x2.stride(0),
-                rows, n, triton.cdiv(rows, programs), eps, *_dropout_args(seed, dropout_p))
+                rows, n, triton.cdiv(rows, programs), eps, *dropout_args(seed, dropout_p))
         meta = dict(RMS=rms, HAS_DSUM=dsum is not None, HAS_DROPOUT=dropout_p > 0, HAS_DRES=has_dres,
                     HAS_W=weight is not None, HAS_DB=has_bias, ACC=acc_dtype(x.dtype),
                     BLOCK_N=_block_n(n), ROUND_BF16=round_bf16(x.dtype))
