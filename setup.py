@@ -51,6 +51,23 @@ def _cuda_build_plan(torch) -> "tuple[bool, str]":
     return True, f"torch CUDA {torch.version.cuda}, nvcc at {nvcc}"
 
 
+def _cmake() -> str:
+    """The cmake of the ``cmake`` package (a build requirement, recent) when installed, else PATH's:
+    a system cmake may be too old to know nvcc's C++20 dialect."""
+    try:
+        import cmake
+
+        return str(Path(cmake.CMAKE_BIN_DIR) / "cmake")
+    except (ImportError, AttributeError):
+        return "cmake"
+
+
+def _cxx_standard(cpp_extension) -> str:
+    """The C++ standard torch builds its own extensions with: C++20 where torch.utils.cpp_extension
+    passes -std=c++20 (newer torch, whose headers require it), C++17 before."""
+    return "20" if "-std=c++20" in Path(cpp_extension.__file__).read_text() else "17"
+
+
 class CMakeExtension(Extension):
     def __init__(self, name: str):
         super().__init__(name, sources=[])
@@ -83,6 +100,7 @@ class CMakeBuild(build_ext):
             f"-DZENATTN_TORCH_INCLUDE_DIRS={';'.join(cpp_extension.include_paths())}",
             f"-DZENATTN_TORCH_LIBRARY_DIR={cpp_extension.library_paths()[0]}",
             f"-DZENATTN_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}",
+            f"-DZENATTN_CXX_STANDARD={_cxx_standard(cpp_extension)}",
             f"-DZENATTN_VERSION={self.distribution.get_version()}",
             f"-DZENATTN_BUILD_CUDA={'ON' if with_cuda else 'OFF'}",
         ]
@@ -93,8 +111,9 @@ class CMakeBuild(build_ext):
         if os.environ.get("MAX_JOBS"):
             build_args += ["--parallel", os.environ["MAX_JOBS"]]
 
-        subprocess.run(["cmake", str(ROOT), *cmake_args], cwd=build_dir, check=True)
-        subprocess.run(["cmake", *build_args], cwd=build_dir, check=True)
+        cmake = _cmake()
+        subprocess.run([cmake, str(ROOT), *cmake_args], cwd=build_dir, check=True)
+        subprocess.run([cmake, *build_args], cwd=build_dir, check=True)
 
 
 setup(ext_modules=[CMakeExtension("zenattn._C")], cmdclass={"build_ext": CMakeBuild})

@@ -46,13 +46,16 @@ def test_cuda_kernels_compile_for_sm80_and_sm90a_without_spills():
 @pytest.mark.parametrize("source", sorted(str(p.relative_to(ROOT)) for p in (ROOT / "csrc" / "cuda").glob("*.cpp"))
                          + ["csrc/bindings.cpp"])
 def test_cuda_launchers_compile_against_torch(source):
+    from torch.utils import cpp_extension
     from torch.utils.cpp_extension import include_paths
 
     cxx = shutil.which("g++") or shutil.which("c++")
     if cxx is None:
         pytest.skip("no C++ compiler")
     assert CUDA_INCLUDE is not None, f"nvcc is at {NVCC} but no cuda_runtime.h was found beside it"
-    flags = ["-std=c++17", "-fsyntax-only", "-w", "-DZENATTN_WITH_CUDA", '-DZENATTN_VERSION="test"',
+    # The standard setup.py builds with: torch's own for extensions (C++20 in newer torch).
+    std = "-std=c++20" if "-std=c++20" in Path(cpp_extension.__file__).read_text() else "-std=c++17"
+    flags = [std, "-fsyntax-only", "-w", "-DZENATTN_WITH_CUDA", '-DZENATTN_VERSION="test"',
              f"-I{ROOT / 'csrc'}", f"-I{CUDA_INCLUDE}", f"-I{sysconfig.get_paths()['include']}"]
     flags += [f"-I{p}" for p in include_paths()]
     proc = subprocess.run([cxx, *flags, str(ROOT / source)], capture_output=True, text=True)
