@@ -33,19 +33,18 @@ namespace {
 
 using at::vec::Vectorized;
 
-// Tile sizes, measured on the 2-core AVX512 VM (B=1, H=8, N=2048-4096, D=64/128, fp32; see
-// benchmarks/results/): larger query blocks amortize the BLAS's packing of each K/V tile.
-constexpr int64_t kFwdBlockQ = 256;   // queries per forward tile, at most (see fwd_block_q)
+// Key tile sizes, measured on the 2-core AVX512 VM (B=1, H=8, N=2048-4096, D=64/128, fp32; see
+// benchmarks/results/). Query tiles: attention_block_q (attention.h).
 constexpr int64_t kFwdBlockK = 512;   // keys per forward tile (scores tile: 512 KiB fp32)
 constexpr int64_t kBwdBlockK = 256;   // keys per backward tile (up to four such tiles live at once)
 
-// The forward's query block: kFwdBlockQ, halved (down to 32) while that leaves fewer than
+// The forward's query block: attention_block_q, halved (down to 32) while that leaves fewer than
 // kFwdMinItems work items, so short or few sequences still spread over several threads. A function
 // of the shape only: the block size changes the BLAS products' shapes and so their rounding, and
 // the result must not depend on the thread count.
 constexpr int64_t kFwdMinItems = 16;
 int64_t fwd_block_q(const AttnParams& p) {
-  int64_t bq = kFwdBlockQ;
+  int64_t bq = attention_block_q(p);
   while (bq > 32 && p.B * p.Hq * ((p.Nq + bq - 1) / bq) < kFwdMinItems) bq /= 2;
   return bq;
 }
@@ -303,7 +302,8 @@ void forward(const AttnParams& p) {
 
 template <typename T>
 void backward(const AttnParams& p) {
-  constexpr int64_t BK = kBwdBlockK, BQ = kBwdBlockQ;
+  constexpr int64_t BK = kBwdBlockK;
+  const int64_t BQ = p.bwd_block_q;
   const int64_t n_qblocks = (p.Nq + BQ - 1) / BQ;
   const int64_t chunks = p.q_chunks;
   const bool dropout = p.dropout_p > 0;
