@@ -130,3 +130,18 @@ def test_norm_fuzz(backend, case):
     b = torch.randn(hidden).to(dtype) if case["affine"] == "weight+bias" and case["kind"] == "layer_norm" else None
     residual = torch.randn(rows, hidden).to(dtype) if case["residual"] else None
     check_norm_parity(case["kind"], leaf, view, w, b, residual, case["eps"], dtype, backend)
+
+
+@given(shapes=st.lists(st.lists(st.integers(0, 3), max_size=5), min_size=1, max_size=3))
+def test_broadcast_shapes_agrees_with_torch(shapes):
+    """The attention API's own broadcast_shapes (plain ints, without torch's per-call cost) gives
+    torch.broadcast_shapes' result, or fails where it fails."""
+    from zenattn.functional.attention import _broadcast_shapes
+
+    def outcome(fn):
+        try:
+            return fn(*shapes)
+        except RuntimeError:
+            return "does not broadcast"
+
+    assert outcome(_broadcast_shapes) == outcome(torch.broadcast_shapes)

@@ -47,6 +47,23 @@ def _check_qkv(fn: str, q: Tensor, k: Tensor, v: Tensor) -> None:
         _fail(fn, f"query and key head dims differ: {q.shape[-1]} vs {k.shape[-1]}")
 
 
+def _broadcast_shapes(*shapes) -> torch.Size:
+    """torch.broadcast_shapes for shapes of plain ints, without its cost (about 15 us a call in
+    torch 2.13: it handles symbolic sizes); under torch.compile, it. Raises RuntimeError where the
+    shapes do not broadcast, as it does."""
+    if torch.compiler.is_compiling() or not all(type(d) is int for shape in shapes for d in shape):
+        return torch.broadcast_shapes(*shapes)
+    ndim = max([len(shape) for shape in shapes] + [0])
+    out = [1] * ndim
+    for shape in shapes:
+        for i, d in enumerate(shape, ndim - len(shape)):
+            if d != 1:
+                if out[i] not in (1, d):
+                    raise RuntimeError(f"shapes {[list(sh) for sh in shapes]} do not broadcast")
+                out[i] = d
+    return torch.Size(out)
+
+
 def _check_mask(fn: str, attn_mask: Tensor, q: Tensor, k: Tensor) -> None:
     if not isinstance(attn_mask, Tensor):
         _fail(fn, f"attn_mask must be a Tensor, got {type(attn_mask).__name__}", TypeError)
@@ -55,7 +72,7 @@ def _check_mask(fn: str, attn_mask: Tensor, q: Tensor, k: Tensor) -> None:
               TypeError)
     target = (q.shape[0], q.shape[1], q.shape[2], k.shape[2])
     try:
-        ok = attn_mask.dim() <= 4 and torch.broadcast_shapes(attn_mask.shape, target) == target
+        ok = attn_mask.dim() <= 4 and _broadcast_shapes(attn_mask.shape, target) == target
     except RuntimeError:
         ok = False
     if not ok:
@@ -288,10 +305,10 @@ def scaled_dot_product_attention(
         _fail(fn, f"with enable_gqa=True the key/value heads ({hkv}) must divide the query heads ({hq})")
     try:  # leading dims broadcast (with the head dim left out under GQA)
         if gqa:
-            batch = torch.broadcast_shapes(lead_q[:-1], lead_k[:-1], value.shape[:-3])
+            batch = _broadcast_shapes(lead_q[:-1], lead_k[:-1], value.shape[:-3])
             lead_out = (*batch, hq)
         else:
-            lead_out = tuple(torch.broadcast_shapes(lead_q, lead_k, value.shape[:-2]))
+            lead_out = tuple(_broadcast_shapes(lead_q, lead_k, value.shape[:-2]))
     except RuntimeError:
         _fail(fn, f"the leading dims of query {list(query.shape)}, key {list(key.shape)} and value "
                   f"{list(value.shape)} do not broadcast" +
@@ -310,7 +327,7 @@ def scaled_dot_product_attention(
             _fail(fn, f"attn_mask must be a Tensor, got {type(mask).__name__}", TypeError)
         target = (*lead_out, query.shape[-2], key.shape[-2])
         try:
-            torch.broadcast_shapes(mask.shape, target)
+            _broadcast_shapes(mask.shape, target)
         except RuntimeError:
             _fail(fn, f"attn_mask of shape {list(mask.shape)} does not broadcast to {list(target)}")
         if len(target) < 4:  # leading dims of 1, as _as_4d gives q: a view, nothing copied

@@ -46,14 +46,40 @@ def register_autograd(op, impl, setup_context, backward):
     Eager.__name__ = f"{op._opname}_eager"
 
     def call(*args):
-        tensors = [a for a in args if isinstance(a, torch.Tensor)]
-        if (torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active()
-                or any(type(t) is not torch.Tensor for t in tensors)):
+        tensors = _tensors(args)
+        if _needs_op(tensors):
             return op(*args)
-        if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+        if _tracks_grad(tensors):
             return Eager.apply(*args)
         return impl(*args)
     return call
+
+
+def eager(op, impl):
+    """The callable for an op that has no gradient of its own to give (the backward ops, whose
+    autograd registration only refuses double backward): ``impl`` directly in eager mode on plain
+    tensors when no gradient is tracked, as register_autograd's callable does, else ``op``."""
+    def call(*args):
+        tensors = _tensors(args)
+        if _needs_op(tensors) or _tracks_grad(tensors):
+            return op(*args)
+        return impl(*args)
+    return call
+
+
+def _tensors(args) -> list:
+    return [a for a in args if isinstance(a, torch.Tensor)]
+
+
+def _needs_op(tensors: list) -> bool:
+    """Whether the op itself must run: while torch.compile traces, under functorch transforms, or
+    on tensor subclasses (fake tensors, ...)."""
+    return (torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active()
+            or any(type(t) is not torch.Tensor for t in tensors))
+
+
+def _tracks_grad(tensors: list) -> bool:
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
 
 
 def stat_dtype(dtype: torch.dtype) -> torch.dtype:

@@ -30,6 +30,7 @@ from torch import Tensor
 
 from zenattn import backends
 from zenattn.ops._library import define as _define
+from zenattn.ops._library import eager as _eager
 from zenattn.ops._library import lib as _lib
 from zenattn.ops._library import register_autograd as _register_autograd
 from zenattn.ops._library import stat_dtype as _stat_dtype
@@ -85,6 +86,9 @@ attention_bwd = _define(
     " -> (Tensor, Tensor, Tensor)", _attention_bwd, _attention_bwd_fake)
 
 
+_attention_bwd_call = _eager(attention_bwd, _attention_bwd)
+
+
 def _attention_setup(ctx, inputs, output):
     q, k, v, attn_mask, alibi_slopes, seed, *options = inputs
     out, lse, out_acc = output
@@ -98,7 +102,7 @@ def _attention_backward(ctx, dout, dlse, _dout_acc):
     q, k, v, out, lse, attn_mask, alibi_slopes, seed = ctx.saved_tensors
     if dout is None:  # only the lse was used
         dout = torch.zeros(out.shape, dtype=q.dtype, device=out.device)
-    dq, dk, dv = attention_bwd(dout, q, k, v, out, lse, dlse, attn_mask, alibi_slopes, seed, *ctx.options)
+    dq, dk, dv = _attention_bwd_call(dout, q, k, v, out, lse, dlse, attn_mask, alibi_slopes, seed, *ctx.options)
     return (dq, dk, dv) + (None,) * 11
 
 

@@ -41,6 +41,7 @@ from torch import Tensor
 
 from zenattn import backends
 from zenattn.ops._library import define as _define
+from zenattn.ops._library import eager as _eager
 from zenattn.ops._library import register_autograd as _register_autograd
 from zenattn.ops._library import stat_dtype as _stat_dtype
 
@@ -110,6 +111,7 @@ layer_norm_bwd = _define(
     "layer_norm_bwd(Tensor dy, Tensor? dsum, Tensor x, Tensor? weight, Tensor mean, Tensor rstd, Tensor? seed,"
     " float dropout_p, bool has_bias, bool has_residual, str backend) -> (Tensor, Tensor, Tensor, Tensor)",
     _layer_norm_bwd, _layer_norm_bwd_fake)
+_layer_norm_bwd_call = _eager(layer_norm_bwd, _layer_norm_bwd)
 
 
 def _input_grads(ctx, dx: Tensor, dres: Tensor) -> tuple[Tensor, Optional[Tensor]]:
@@ -132,7 +134,7 @@ def _layer_norm_setup(ctx, inputs, output):
 def _layer_norm_backward(ctx, dy, dsum, _dmean, _drstd):
     normed, weight, mean, rstd, seed = ctx.saved_tensors
     dsum = dsum if ctx.has_residual else None  # without a residual the sum is not returned
-    dx, dw, db, dres = layer_norm_bwd(dy, dsum, normed, weight, mean, rstd, seed, ctx.dropout_p, ctx.has_bias,
+    dx, dw, db, dres = _layer_norm_bwd_call(dy, dsum, normed, weight, mean, rstd, seed, ctx.dropout_p, ctx.has_bias,
                                       ctx.has_residual, ctx.backend)
     dx, dres = _input_grads(ctx, dx, dres)
     return (dx, dw if weight is not None else None, db if ctx.has_bias else None, dres,
@@ -178,6 +180,7 @@ def _rms_norm_bwd_fake(dy, dsum, x, weight, rstd, seed, eps, dropout_p, has_resi
 rms_norm_bwd = _define(
     "rms_norm_bwd(Tensor dy, Tensor? dsum, Tensor x, Tensor? weight, Tensor rstd, Tensor? seed, float eps,"
     " float dropout_p, bool has_residual, str backend) -> (Tensor, Tensor, Tensor)", _rms_norm_bwd, _rms_norm_bwd_fake)
+_rms_norm_bwd_call = _eager(rms_norm_bwd, _rms_norm_bwd)
 
 
 def _rms_norm_setup(ctx, inputs, output):
@@ -193,7 +196,7 @@ def _rms_norm_setup(ctx, inputs, output):
 def _rms_norm_backward(ctx, dy, dsum, _drstd):
     normed, weight, rstd, seed = ctx.saved_tensors
     dsum = dsum if ctx.has_residual else None
-    dx, dw, dres = rms_norm_bwd(dy, dsum, normed, weight, rstd, seed, ctx.eps, ctx.dropout_p, ctx.has_residual,
+    dx, dw, dres = _rms_norm_bwd_call(dy, dsum, normed, weight, rstd, seed, ctx.eps, ctx.dropout_p, ctx.has_residual,
                                 ctx.backend)
     dx, dres = _input_grads(ctx, dx, dres)
     return dx, dw if weight is not None else None, dres, None, None, None, None
