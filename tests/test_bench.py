@@ -57,7 +57,11 @@ def test_norm_bytes_formula(op, mode, dtype, expected):
 
 def test_norm_bytes_with_residual_counts_its_read_and_the_sum_written():
     case = Case("layer_norm", "fwd", "fp32", rows=8, hidden=16)
-    assert bench.norm_bytes(case, residual=True) - bench.norm_bytes(case) == 2 * 8 * 16 * 4
+    with_residual = Case("layer_norm", "fwd", "fp32", rows=8, hidden=16, residual=True)
+    assert bench.norm_bytes(with_residual) - bench.norm_bytes(case) == 2 * 8 * 16 * 4
+    backward = Case("layer_norm", "bwd", "fp32", rows=8, hidden=16)
+    assert bench.norm_bytes(Case("layer_norm", "bwd", "fp32", rows=8, hidden=16, residual=True)) == \
+        bench.norm_bytes(backward)  # reads the sum instead of x; the residual's gradient is dx
 
 
 def test_model_flops_are_the_models_own_accounting():
@@ -88,7 +92,9 @@ def test_sweep_overrides_replace_only_the_parameters_an_op_uses():
     att = [c for c in cases if c.op == "attention"]
     rms = [c for c in cases if c.op == "rms_norm"]
     assert {c.seq_len for c in att} == {64} and len(att) == 2          # causal False / True
-    assert sorted(c.hidden for c in rms) == [32, 48] and all(c.mode == "fwd" for c in cases)
+    assert sorted(c.hidden for c in rms) == [32, 32, 48, 48] and all(c.mode == "fwd" for c in cases)
+    assert sorted(c.residual for c in rms) == [False, False, True, True]   # with and without the fused add
+    assert not any(c.residual for c in att)
     with pytest.raises(ValueError, match="unknown case parameters"):
         bench.sweep("default", None, {"seqlen": [1]})
     with pytest.raises(ValueError, match="unknown sweep"):
@@ -234,8 +240,9 @@ def test_run_writes_csv_jsonl_json_markdown_and_plots_that_read_back(tmp_path):
         assert matplotlib.image.imread(tmp_path / png).shape[0] > 100
 
     # A second run appends to the same CSV (one header).
-    bench.run(bench.sweep("quick", ["rms_norm"]), device="cpu", settings=FAST, out=tmp_path, plots=False)
-    assert len(report.read_csv(tmp_path / "results.csv")) == len(rows) + 2
+    more = bench.sweep("quick", ["rms_norm"])    # residual cases, zenattn-cpu and torch-eager each
+    bench.run(more, device="cpu", settings=FAST, out=tmp_path, plots=False)
+    assert len(report.read_csv(tmp_path / "results.csv")) == len(rows) + 2 * len(more)
 
 
 def test_unknown_provider_names_are_refused():

@@ -56,6 +56,8 @@ def parser() -> argparse.ArgumentParser:
     sweeps.add_argument("--window", nargs="+", type=_window, metavar="W|none", help="local attention window")
     sweeps.add_argument("--hidden", nargs="+", type=int, metavar="E", help="norm hidden sizes")
     sweeps.add_argument("--rows", nargs="+", type=int, metavar="M", help="norm rows")
+    sweeps.add_argument("--residual", nargs="+", type=_bool, metavar="BOOL",
+                        help="norms: with the fused residual add (normalize x + r)")
     sweeps.add_argument("--presets", nargs="+", dest="preset", metavar="NAME", help="model presets")
     run = ap.add_argument_group("measurement and output")
     run.add_argument("--device", default=None, help="cpu or cuda (default: cuda if present)")
@@ -92,7 +94,8 @@ def main(argv=None) -> int:
     overrides = {}
     for key, attr in (("mode", "modes"), ("dtype", "dtypes"), ("seq_len", "seq_len"), ("head_dim", "head_dim"),
                       ("batch", "batch"), ("heads", "heads"), ("kv_heads", "kv_heads"), ("causal", "causal"),
-                      ("window", "window"), ("hidden", "hidden"), ("rows", "rows"), ("preset", "preset")):
+                      ("window", "window"), ("hidden", "hidden"), ("rows", "rows"), ("residual", "residual"),
+                      ("preset", "preset")):
         if getattr(args, attr) is not None:
             overrides[key] = getattr(args, attr)
     try:

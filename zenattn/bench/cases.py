@@ -8,7 +8,8 @@ Work accounting:
   sliding window the exact number of (query, key) pairs it allows instead of ``Nq * Nk``;
   backward x2.5, forward+backward x3.5;
 - norm bytes: forward reads x (and the residual) and writes y (and the sum), the weights once;
-  backward reads x and dy (and the weights) and writes dx (and the weight gradients);
+  backward reads x (the sum, with a residual) and dy (and the weights) and writes dx (and the
+  weight gradients; the residual's gradient is dx again: not counted twice);
 - the model step: ``flops_per_token`` of the reference Transformer x tokens (its own accounting).
 """
 
@@ -34,8 +35,9 @@ MODEL_PRESETS = {  # name -> (TransformerConfig fields, batch, seq_len); "tiny" 
 @dataclasses.dataclass(frozen=True)
 class Case:
     """One benchmark case. Attention uses batch, heads, kv_heads, seq_len (Nq = Nk), head_dim,
-    causal, window; the norms use rows and hidden; the model step uses preset (and its own batch
-    and sequence length)."""
+    causal, window; the norms use rows, hidden and residual (normalize x + r, returning the sum
+    too, the pre-norm block's fused add); the model step uses preset (and its own batch and
+    sequence length)."""
 
     op: str
     mode: str
@@ -50,6 +52,7 @@ class Case:
                                      # (causal) or on either side of it (not causal)
     rows: int = 4096
     hidden: int = 1024
+    residual: bool = False
     preset: str = "tiny"
 
     def __post_init__(self) -> None:
@@ -66,6 +69,8 @@ class Case:
             problems.append(f"preset must be one of {tuple(MODEL_PRESETS)}, got {self.preset!r}")
         if self.op == "attention" and self.heads % self.kv_heads_ != 0:
             problems.append(f"kv_heads ({self.kv_heads_}) must divide heads ({self.heads})")
+        if self.residual and self.op not in ("layer_norm", "rms_norm"):
+            problems.append("residual is a norm parameter (layer_norm, rms_norm)")
         if self.window is not None and self.window < 0:
             problems.append(f"window must be >= 0, got {self.window}")
         if problems:
@@ -90,7 +95,7 @@ class Case:
         if self.op == "model":
             _, batch, seq_len = MODEL_PRESETS[self.preset]
             return f"{self.preset} B={batch} L={seq_len}"
-        return f"{self.rows}x{self.hidden}"
+        return f"{self.rows}x{self.hidden}{' +residual' if self.residual else ''}"
 
     @property
     def sweep_value(self) -> int:
@@ -117,8 +122,9 @@ def attention_flops(case: Case) -> float:
     return 4.0 * case.batch * case.heads * pairs * case.head_dim * MODE_FACTOR[case.mode]
 
 
-def norm_bytes(case: Case, residual: bool = False) -> float:
+def norm_bytes(case: Case) -> float:
     """Bytes a norm must move at least (weights counted once, in the activation dtype)."""
+    residual = case.residual
     esize = torch.empty((), dtype=case.torch_dtype).element_size()
     act = case.rows * case.hidden * esize
     params = (2 if case.op == "layer_norm" else 1) * case.hidden * esize
@@ -149,8 +155,10 @@ SWEEPS = {
     "default": {
         "attention": dict(mode=["fwd", "fwd+bwd"], dtype=["fp32"], seq_len=[512, 1024, 2048],
                           head_dim=[64], causal=[False, True]),
-        "layer_norm": dict(mode=["fwd", "fwd+bwd"], dtype=["fp32"], rows=[4096], hidden=[1024, 4096]),
-        "rms_norm": dict(mode=["fwd", "fwd+bwd"], dtype=["fp32"], rows=[4096], hidden=[1024, 4096]),
+        "layer_norm": dict(mode=["fwd", "fwd+bwd"], dtype=["fp32"], rows=[4096], hidden=[1024, 4096],
+                           residual=[False, True]),
+        "rms_norm": dict(mode=["fwd", "fwd+bwd"], dtype=["fp32"], rows=[4096], hidden=[1024, 4096],
+                         residual=[False, True]),
         "model": dict(mode=["fwd+bwd"], dtype=["fp32"], preset=["tiny"]),
     },
     # A smoke run (tests, CI): tiny shapes.
@@ -158,7 +166,7 @@ SWEEPS = {
         "attention": dict(mode=["fwd", "fwd+bwd"], dtype=["fp32"], seq_len=[128, 256], head_dim=[32],
                           causal=[True], heads=[2]),
         "layer_norm": dict(mode=["fwd", "fwd+bwd"], dtype=["fp32"], rows=[256], hidden=[256, 512]),
-        "rms_norm": dict(mode=["fwd"], dtype=["fp32"], rows=[256], hidden=[256]),
+        "rms_norm": dict(mode=["fwd", "fwd+bwd"], dtype=["fp32"], rows=[256], hidden=[256], residual=[True]),
         "model": dict(mode=["fwd+bwd"], dtype=["fp32"], preset=["tiny"]),
     },
     # The GPU run of benchmarks/gpu_check.sh (issue #8): the norms and the model step first (few
@@ -189,7 +197,8 @@ def sweep(name: str, ops: Optional[list] = None, overrides: Optional[dict] = Non
     overrides = overrides or {}
     fields = {f.name for f in dataclasses.fields(Case)}
     used = {"attention": {"mode", "dtype", "batch", "heads", "kv_heads", "seq_len", "head_dim", "causal", "window"},
-            "layer_norm": {"mode", "dtype", "rows", "hidden"}, "rms_norm": {"mode", "dtype", "rows", "hidden"},
+            "layer_norm": {"mode", "dtype", "rows", "hidden", "residual"},
+            "rms_norm": {"mode", "dtype", "rows", "hidden", "residual"},
             "model": {"dtype", "preset"}}
     unknown = set(overrides) - fields
     if unknown:

@@ -3,7 +3,8 @@ libraries (flash-attn, xformers, Liger-Kernel) where they are installed.
 
 A :class:`Provider` turns a :class:`~zenattn.bench.cases.Case` into a function of the case's
 tensors: attention ``fn(q, k, v) -> out`` with q ``(B, H, N, D)`` and k, v ``(B, Hkv, N, D)``;
-norms ``fn(x, weight, bias) -> y`` (bias None for RMSNorm). The model-step providers are built
+norms ``fn(x, weight, bias[, residual]) -> y`` (bias None for RMSNorm; a residual case passes r and
+gets y = norm(x + r)). The model-step providers are built
 differently (see :mod:`zenattn.bench.runner`). ``why_not`` says why a provider cannot run a case
 here (None if it can); ``opt_in`` says why it only runs when asked for by name (compiling a
 kernel per shape on a small CPU, say), None if it runs by default.
@@ -92,9 +93,13 @@ def _zenattn_attention(backend: str) -> Provider:
 
 def _zenattn_norm(backend: str) -> Provider:
     def make(case: Case, device: torch.device):
-        if case.op == "layer_norm":
-            return lambda x, w, b: zenattn.layer_norm(x, (case.hidden,), w, b, LN_EPS, backend=backend)
-        return lambda x, w, b: zenattn.rms_norm(x, (case.hidden,), w, RMS_EPS, backend=backend)
+        def run(x, w, b, r=None):  # with a residual: the fused add, which also returns the sum
+            if case.op == "layer_norm":
+                out = zenattn.layer_norm(x, (case.hidden,), w, b, LN_EPS, residual=r, backend=backend)
+            else:
+                out = zenattn.rms_norm(x, (case.hidden,), w, RMS_EPS, residual=r, backend=backend)
+            return out if r is None else out[0]
+        return run
     return Provider(f"zenattn-{backend}", "norm", _zenattn_version(backend), make,
                     why_not=lambda case, device: _zenattn_why_not(backend, case.op, case, device),
                     opt_in=lambda device: _zenattn_opt_in(backend, device))
@@ -193,10 +198,11 @@ def _flex() -> Provider:
 
 def _torch_norm(compiled: bool) -> Provider:
     def make(case: Case, device: torch.device):
-        if case.op == "layer_norm":
-            fn = lambda x, w, b: F.layer_norm(x, (case.hidden,), w, b, LN_EPS)  # noqa: E731
-        else:
-            fn = lambda x, w, b: F.rms_norm(x, (case.hidden,), w, RMS_EPS)  # noqa: E731
+        def fn(x, w, b, r=None):  # with a residual: the add, then the norm (compiled: fused by Inductor)
+            s = x if r is None else x + r
+            if case.op == "layer_norm":
+                return F.layer_norm(s, (case.hidden,), w, b, LN_EPS)
+            return F.rms_norm(s, (case.hidden,), w, RMS_EPS)
         return torch.compile(fn, dynamic=False) if compiled else fn
 
     def why_not(case: Case, device: torch.device) -> Optional[str]:
@@ -255,7 +261,11 @@ def _liger(version: str) -> Provider:
                 module.bias = b
             return module(x)
         return run
-    return Provider("liger", "norm", f"liger-kernel {version}", make, why_not=_needs_cuda)
+    def why_not(case: Case, device: torch.device) -> Optional[str]:
+        if case.residual:
+            return "Liger's LayerNorm / RMSNorm have no fused residual add"
+        return _needs_cuda(case, device)
+    return Provider("liger", "norm", f"liger-kernel {version}", make, why_not=why_not)
 
 
 # --- the model step ------------------------------------------------------------------------------

@@ -214,4 +214,4 @@ def _panel(row: dict) -> str:
         win = f" window={c['window']}" if c["window"] is not None else ""
         return (f"{c['mode']} {c['dtype']} B={c['batch']} H={c['heads']}{kv} D={c['head_dim']}"
                 f"{' causal' if c['causal'] else ''}{win}")
-    return f"{c['mode']} {c['dtype']} rows={c['rows']}"
+    return f"{c['mode']} {c['dtype']} rows={c['rows']}{' +residual' if c.get('residual') else ''}"

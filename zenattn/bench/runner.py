@@ -31,7 +31,7 @@ from zenattn.bench import measure
 from zenattn.bench.cases import MODEL_PRESETS, Case, work
 from zenattn.bench.providers import Provider, window_of
 
-FACTOR = {"out": 2.0, "dx": 3.0, "dw": 3.0, "db": 3.0, "dq": 3.0, "dk": 3.0, "dv": 3.0, "loss": 3.0}
+FACTOR = {"out": 2.0, "dx": 3.0, "dw": 3.0, "db": 3.0, "dr": 3.0, "dq": 3.0, "dk": 3.0, "dv": 3.0, "loss": 3.0}
 FLOOR = {"fp32": 2e-6, "fp16": 2e-3, "bf16": 1.6e-2}           # tests/parity.py's ATOL_FLOOR
 SANITY = {"fp32": 1e-4, "fp16": 1e-2, "bf16": 1e-1}
 
@@ -69,6 +69,8 @@ def make_inputs(case: Case, device: torch.device) -> dict:
         w = randn(case.hidden, scale=0.5, shift=1.0)
         b = randn(case.hidden) if case.op == "layer_norm" else None
         tensors = {"x": x, "w": w, "b": b}
+        if case.residual:
+            tensors["r"] = randn(case.rows, case.hidden)
         dy = randn(case.rows, case.hidden)
     for t in tensors.values():
         if t is not None:
@@ -76,7 +78,7 @@ def make_inputs(case: Case, device: torch.device) -> dict:
     return {"tensors": tensors, "dy": dy}
 
 
-GRAD_NAMES = {"q": "dq", "k": "dk", "v": "dv", "x": "dx", "w": "dw", "b": "db"}
+GRAD_NAMES = {"q": "dq", "k": "dk", "v": "dv", "x": "dx", "w": "dw", "b": "db", "r": "dr"}
 
 
 def _checked_slices(case: Case) -> dict:
@@ -95,6 +97,11 @@ def _cut(name: str, t: torch.Tensor, slices: dict) -> torch.Tensor:
     return t[slices[name]] if name in slices else t
 
 
+def _normed(tensors: dict) -> torch.Tensor:
+    """What a norm case normalizes: x, or x + r with a residual."""
+    return tensors["x"] + tensors["r"] if tensors.get("r") is not None else tensors["x"]
+
+
 def reference(case: Case, inputs: dict) -> dict:
     """float64 results {"out", and the gradients "dq"... or "dx"...} of the checked slices."""
     slices = _checked_slices(case)
@@ -105,9 +112,9 @@ def reference(case: Case, inputs: dict) -> dict:
         out = zenattn.reference.attention_ref(t64["q"], t64["k"], t64["v"], causal=case.causal,
                                               window=window_of(case))
     elif case.op == "layer_norm":
-        out = zenattn.reference.layer_norm_ref(t64["x"], (case.hidden,), t64["w"], t64["b"], 1e-5)
+        out = zenattn.reference.layer_norm_ref(_normed(t64), (case.hidden,), t64["w"], t64["b"], 1e-5)
     else:
-        out = zenattn.reference.rms_norm_ref(t64["x"], (case.hidden,), t64["w"], 1e-6)
+        out = zenattn.reference.rms_norm_ref(_normed(t64), (case.hidden,), t64["w"], 1e-6)
     ref = {"out": out.detach()} if case.mode != "bwd" else {}
     if grad:
         names = [n for n, t in t64.items() if t is not None]
