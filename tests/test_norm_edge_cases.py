@@ -151,6 +151,31 @@ def test_rms_norm_gradcheck(norm_backend, hidden, residual):
 
 
 @pytest.mark.parametrize("kind", ["layer_norm", "rms_norm"])
+@pytest.mark.parametrize("used", ["y", "sum"])
+def test_residual_with_one_output_unused(norm_backend, kind, used):
+    """With a residual, only y used (the last block drops the sum) or only the sum: the gradients
+    still match float64 torch (norm(x + r), written out), with no gradient given for the unused
+    output (autograd hands the backward None for it, not a zero tensor)."""
+    x, r = (torch.randn(6, 24, dtype=torch.float64, requires_grad=True) for _ in range(2))
+    w = torch.randn(24, dtype=torch.float64, requires_grad=True)
+    g = torch.randn(6, 24, dtype=torch.float64)
+    if kind == "layer_norm":
+        y, s = zenattn.layer_norm(x, (24,), w, None, 1e-5, residual=r, backend=norm_backend)
+        y_ref = F.layer_norm(x + r, (24,), w, None, 1e-5)
+    else:
+        y, s = zenattn.rms_norm(x, (24,), w, 1e-5, residual=r, backend=norm_backend)
+        y_ref = F.rms_norm(x + r, (24,), w, 1e-5)
+    out, out_ref = (y, y_ref) if used == "y" else (s, x + r)
+    got = torch.autograd.grad(out, (x, r, w), g, allow_unused=True)
+    want = torch.autograd.grad(out_ref, (x, r, w), g, allow_unused=True)
+    for a, b in zip(got, want):
+        if b is None:  # the sum does not depend on the weight
+            assert a is None or torch.count_nonzero(a) == 0
+        else:
+            torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("kind", ["layer_norm", "rms_norm"])
 @pytest.mark.parametrize("residual", [False, True])
 def test_dropout_gradcheck(norm_backend, kind, residual):
     """With the generator reseeded on every call, the dropped function is fixed and smooth. (Fast

@@ -114,6 +114,12 @@ layer_norm_bwd = _define(
 _layer_norm_bwd_call = _eager(layer_norm_bwd, _layer_norm_bwd)
 
 
+def _output_grad(dy: Optional[Tensor], normed: Tensor) -> Tensor:
+    """The gradient of the normalized output: zeros when only the sum was used (grads are not
+    materialized, so that an unused sum costs no zero tensor)."""
+    return torch.zeros_like(normed) if dy is None else dy
+
+
 def _input_grads(ctx, dx: Tensor, dres: Tensor) -> tuple[Tensor, Optional[Tensor]]:
     """The gradients of the input and of the residual (None without one)."""
     if not ctx.has_residual:
@@ -125,6 +131,7 @@ def _layer_norm_setup(ctx, inputs, output):
     x, weight, bias, residual, seed, eps, dropout_p, backend = inputs
     _, s, mean, rstd = output
     ctx.save_for_backward(s if _writes_sum(residual, dropout_p) else x, weight, mean, rstd, seed)
+    ctx.set_materialize_grads(False)  # an unused output (the last block's sum, say) gets None, not zeros
     ctx.has_bias = bias is not None
     ctx.has_residual = residual is not None
     ctx.dropout_p = dropout_p
@@ -133,6 +140,7 @@ def _layer_norm_setup(ctx, inputs, output):
 
 def _layer_norm_backward(ctx, dy, dsum, _dmean, _drstd):
     normed, weight, mean, rstd, seed = ctx.saved_tensors
+    dy = _output_grad(dy, normed)
     dsum = dsum if ctx.has_residual else None  # without a residual the sum is not returned
     dx, dw, db, dres = _layer_norm_bwd_call(dy, dsum, normed, weight, mean, rstd, seed, ctx.dropout_p, ctx.has_bias,
                                       ctx.has_residual, ctx.backend)
@@ -187,6 +195,7 @@ def _rms_norm_setup(ctx, inputs, output):
     x, weight, residual, seed, eps, dropout_p, backend = inputs
     _, s, rstd = output
     ctx.save_for_backward(s if _writes_sum(residual, dropout_p) else x, weight, rstd, seed)
+    ctx.set_materialize_grads(False)
     ctx.has_residual = residual is not None
     ctx.dropout_p = dropout_p
     ctx.eps = eps
@@ -195,6 +204,7 @@ def _rms_norm_setup(ctx, inputs, output):
 
 def _rms_norm_backward(ctx, dy, dsum, _drstd):
     normed, weight, rstd, seed = ctx.saved_tensors
+    dy = _output_grad(dy, normed)
     dsum = dsum if ctx.has_residual else None
     dx, dw, dres = _rms_norm_bwd_call(dy, dsum, normed, weight, rstd, seed, ctx.eps, ctx.dropout_p, ctx.has_residual,
                                 ctx.backend)
