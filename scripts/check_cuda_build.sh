@@ -16,8 +16,9 @@ ARCHS=${ZENATTN_CUDA_ARCHS:-80;90a}
 say() { echo "cuda build check: $*"; }
 
 python3 -m venv "$VENV"
+# numpy < 2.4: Triton 3.6's interpreter (torch 2.11 pins triton 3.6) fails on numpy 2.4's scalars.
 "$VENV/bin/pip" install -q "$TORCH" "setuptools>=64" wheel "pybind11>=2.12" "cmake>=3.21" ninja \
-  pytest hypothesis expecttest numpy
+  pytest hypothesis expecttest "numpy<2.4"
 "$VENV/bin/python" -c "import sys, torch; sys.exit(0 if torch.version.cuda else f'torch {torch.__version__} has no CUDA')"
 say "$("$VENV/bin/python" -c "import torch; print('torch', torch.__version__, 'CUDA', torch.version.cuda)")"
 
