@@ -118,7 +118,6 @@ std::vector<at::Tensor> attention_bwd(const at::Tensor& dout_in, const at::Tenso
   at::Tensor dq = at::empty({p.B, p.Hq, p.Nq, p.D}, opts);
   // dK/dV per (q head, query chunk): a GQA group's heads and a head's chunks are summed below, in
   // a fixed order. Without GQA and with one chunk they are dK/dV themselves.
-  p.bwd_block_q = attention_block_q(p);
   p.q_chunks = attention_bwd_q_chunks(p);
   at::Tensor dk_parts = at::empty({p.B, p.Hq * p.q_chunks, p.Nk, p.D}, opts);
   at::Tensor dv_parts = at::empty({p.B, p.Hq * p.q_chunks, p.Nk, p.Dv}, opts);

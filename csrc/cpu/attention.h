@@ -54,7 +54,6 @@ struct AttnParams {
   const void* o;     int64_t o_sb, o_sh, o_sn;      // the forward's output
   const void* dlse;                // (B, Hq, Nq) contiguous T, gradient of the returned lse, or null
   void* dq;                        // (B, Hq, Nq, D) contiguous, T
-  int64_t bwd_block_q;             // queries per backward tile (attention_block_q)
   int64_t q_chunks;                // the backward splits each head's queries into this many chunks
   void* dk_parts;                  // (B, Hq, q_chunks, Nk, D) contiguous, T: per q head and chunk,
   void* dv_parts;                  // (B, Hq, q_chunks, Nk, Dv)   summed by the launcher in fixed order
@@ -71,11 +70,12 @@ inline int64_t attention_block_q(const AttnParams& p) {
 }
 
 // Backward work split, a function of the shape only (so results do not depend on the thread
-// count): one work item per (batch, q head, chunk of query blocks of p.bwd_block_q queries), with
+// count): one work item per (batch, q head, chunk of query blocks of attention_block_q queries), with
 // enough chunks that a few heads still give kBwdMinItems items. Each item keeps its own dK/dV partials.
 constexpr int64_t kBwdMinItems = 8;
 inline int64_t attention_bwd_q_chunks(const AttnParams& p) {
-  const int64_t heads = p.B * p.Hq, q_blocks = (p.Nq + p.bwd_block_q - 1) / p.bwd_block_q;
+  const int64_t block = attention_block_q(p);
+  const int64_t heads = p.B * p.Hq, q_blocks = (p.Nq + block - 1) / block;
   if (heads == 0 || q_blocks == 0) return 1;
   return std::max<int64_t>(1, std::min(q_blocks, (kBwdMinItems + heads - 1) / heads));
 }

@@ -303,7 +303,7 @@ void forward(const AttnParams& p) {
 template <typename T>
 void backward(const AttnParams& p) {
   constexpr int64_t BK = kBwdBlockK;
-  const int64_t BQ = p.bwd_block_q;
+  const int64_t BQ = attention_block_q(p);
   const int64_t n_qblocks = (p.Nq + BQ - 1) / BQ;
   const int64_t chunks = p.q_chunks;
   const bool dropout = p.dropout_p > 0;
