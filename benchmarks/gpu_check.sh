@@ -1,88 +1,114 @@
 #!/usr/bin/env bash
 # The one prepared check for a lent GPU (run once, from the repository root, through the device
 # tool; nothing is explored on the device). Offline: it uses the image's python3 with its torch,
-# triton, pybind11 and ninja.
-#   bash benchmarks/gpu_check.sh [OUT]        # OUT defaults to $OUT, else benchmarks/results/gpu-run
-# Everything it learns goes under OUT, and it prints its progress:
-#   env.txt      device, driver, versions
-#   build.log        building zenattn._C offline (C++ CPU and CUDA C++ kernels)
-#   bench.log        zenattn-bench --sweep gpu --ops attention (issue #8's GPU sweep): Triton against
-#                    SDPA's flash / efficient / cuDNN backends (and flash-attn, xformers if installed)
-#   bench-norms.log  the sweep's norms (triton and cuda against torch eager / compiled, Liger) and the
-#                    reference model's training step; all runs append to results.csv/.jsonl and write
-#                    bench-cuda-<date>-<gpu>-<part>.json/.md and plots
-#   bench-cuda-attention.log  the CUDA C++ attention beside Triton and SDPA flash at issue #5's
-#                    shape (bf16, D 128, N 8192, fwd and fwd+bwd), after the build
-#   flex.log         FlexAttention beside zenattn on one shape (it compiles per shape: kept apart)
-#   tests.log    the CUDA C++ attention tests, then the parity / edge-case / API tests on CUDA
-#                tensors (ZENATTN_TEST_DEVICE=cuda)
-# Time: under 8 minutes on an H200. The build (up to 200 s) runs beside the first benchmark (170 s);
-# then 100 + 50 + 30 + 95 s: 475 s at most. Results are appended case by case, so a step cut short
-# keeps what it measured.
+# triton, pybind11, ninja, cmake, pytest-xdist and pytest-timeout.
+#   bash benchmarks/gpu_check.sh [DIR]     # DIR defaults to benchmarks/results/gpu-run
+#   GPU_CHECK_ARCHIVE=$OUT/gpu-run.tgz bash benchmarks/gpu_check.sh /tmp/gpu-run   # on the device tool
+# Everything goes under DIR (with GPU_CHECK_ARCHIVE set, DIR is also packed into that .tgz after
+# every step, so a run cut short keeps what it had), and it prints its progress:
+#   env.txt               device, driver, versions
+#   build.log             building zenattn._C offline with the CUDA C++ kernels (sm_80, sm_90a), in a
+#                         copy of the tree, while the Triton tests run; the .so is copied in after them
+#   tests-triton.log      the parity / edge-case / API tests on CUDA tensors, Triton backend (issue #4)
+#   tests-cuda.log        the same for the CUDA C++ backend, and tests/test_cuda_attention.py (issue #5)
+#   bench-*.log           zenattn-bench, alone on the GPU: the issues' attention shape (bf16, D 128,
+#                         N 8192), the norms, the model step, then the wider attention sweep until
+#                         the time is up; rows append to results.csv/.jsonl, each run writes
+#                         bench-cuda-<date>-<tag>.json/.md
+# Time: about 6.5 minutes on an H200, each step under its own timeout (tests get SIGINT first, so pytest
+# still prints its summary of failures).
 set -uo pipefail
 cd "$(dirname "$0")/.."
-OUT=${1:-${OUT:-benchmarks/results/gpu-run}}
+DIR=${1:-benchmarks/results/gpu-run}
+ARCHIVE=${GPU_CHECK_ARCHIVE:-}
 PY=${PYTHON:-python3}
-mkdir -p "$OUT"
+mkdir -p "$DIR"
+DIR=$(cd "$DIR" && pwd)
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
-step() { echo "[gpu_check $(date -u +%H:%M:%S)] $*"; }
+T0=$(date +%s)
+step() { echo "[gpu_check +$(( $(date +%s) - T0 ))s] $*"; }
+pack() { [ -n "$ARCHIVE" ] && tar czf "$ARCHIVE" -C "$(dirname "$DIR")" "$(basename "$DIR")" 2>/dev/null; true; }
+# pytest on CUDA tensors, parallel workers (Triton compiles on the CPU), a per-test limit so one hung
+# kernel cannot take the whole run; SIGINT at the limit so pytest reports what it has.
+gpu_pytest() {
+  local limit=$1 log=$2; shift 2
+  ZENATTN_TEST_DEVICE=cuda ZENATTN_TRITON_AUTOTUNE=0 timeout -s INT -k 15 "$limit" \
+    "$PY" -m pytest -p no:cacheprovider -n 6 -v --tb=short -rfE --timeout 90 "$@" > "$DIR/$log" 2>&1
+  echo "pytest exit $?" >> "$DIR/$log"
+  grep -E "^(FAILED|ERROR)|passed|failed|pytest exit" "$DIR/$log" | tail -25
+}
+bench() {
+  local limit=$1 tag=$2; shift 2
+  timeout -s INT -k 10 "$limit" "$PY" -m zenattn.bench --out "$DIR" --tag "$tag" --budget 0.5 "$@" \
+    > "$DIR/bench-$tag.log" 2>&1
+  echo "bench exit $?" >> "$DIR/bench-$tag.log"
+  tail -n 25 "$DIR/bench-$tag.log"
+  pack
+}
 
 step "environment"
 {
   date -u
-  nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv
-  "$PY" -c "import torch, triton, platform; print('python', platform.python_version(), 'torch', torch.__version__, 'cuda', torch.version.cuda, 'triton', triton.__version__, 'device', torch.cuda.get_device_name())"
-} > "$OUT/env.txt" 2>&1
-cat "$OUT/env.txt"
-TAG=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | tr ' ' '-' | tr -cd 'A-Za-z0-9-')
+  nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm,temperature.gpu,power.draw --format=csv
+  "$PY" -c "import torch, triton, platform; print('python', platform.python_version(), 'torch', torch.__version__, 'cuda', torch.version.cuda, 'triton', triton.__version__, 'device', torch.cuda.get_device_name(), torch.cuda.get_device_capability())"
+  nvcc --version | tail -2
+  "$PY" -m pip list 2>/dev/null | grep -i -E "^(torch|triton|numpy|pytest|pytest-xdist|pytest-timeout|cmake|ninja|pybind11|liger|flash|xformers) "
+  git log -1 --format='zenattn commit %H %cd' 2>/dev/null
+} > "$DIR/env.txt" 2>&1
+cat "$DIR/env.txt"
+pack
 
-# 1. The extension (offline, against the image's torch, with the CUDA C++ kernels), in the
-#    background while the Triton attention is benchmarked.
+# 1. Build the extension in a copy of the tree (so no test imports a half-written .so), while the
+#    Triton tests run: they need no zenattn._C.
 step "building zenattn._C in the background (build.log)"
-( MAX_JOBS=12 timeout 200 "$PY" setup.py build_ext --inplace > "$OUT/build.log" 2>&1
-  echo "build exit $?" >> "$OUT/build.log" ) &
+BUILD=$(mktemp -d)
+tar cf - --exclude=./.git --exclude=./.venv --exclude=./build --exclude=./bench-out --exclude=./.whl \
+  --exclude=./benchmarks/results --exclude='*.so' . | tar xf - -C "$BUILD"
+( cd "$BUILD" && MAX_JOBS=10 timeout 240 "$PY" setup.py build_ext --inplace > "$DIR/build.log" 2>&1
+  echo "build exit $? after $(( $(date +%s) - T0 ))s since the start" >> "$DIR/build.log" ) &
 build_pid=$!
 
-# 2. Speed: the harness's GPU sweep. Attention first (Triton against SDPA's backends; sdpa-math,
-#    N x N in memory, is left out at these sizes, so the correctness bound uses SDPA flash's own error:
-#    the rows name the baseline used). Then, with the extension built, the norms (Triton and CUDA C++
-#    against torch eager / compiled and Liger) and the reference model's training step.
-step "zenattn-bench --sweep gpu --ops attention (bench.log)"
-timeout 170 "$PY" -m zenattn.bench --sweep gpu --ops attention --out "$OUT" --tag "$TAG-attention" \
-  --providers zenattn-triton zenattn-cuda sdpa-flash sdpa-efficient sdpa-cudnn flash-attn xformers > "$OUT/bench.log" 2>&1
-echo "bench exit $?" | tee -a "$OUT/bench.log"
-tail -8 "$OUT/bench.log"
+step "Triton backend tests on CUDA tensors (tests-triton.log)"
+gpu_pytest 150 tests-triton.log tests/test_norm_parity.py tests/test_norm_edge_cases.py tests/test_norm_api.py \
+  tests/test_attention_parity.py tests/test_attention_edge_cases.py tests/test_attention_api.py \
+  -k "triton and not gradcheck and not seq_lens"
+pack
 
 wait "$build_pid"
-tail -2 "$OUT/build.log"
-step "zenattn-bench --sweep gpu --ops layer_norm rms_norm model (bench-norms.log)"
-timeout 100 "$PY" -m zenattn.bench --sweep gpu --ops layer_norm rms_norm model --out "$OUT" --tag "$TAG-norms" \
-  --providers zenattn-triton zenattn-cuda torch-eager torch-compile liger zenattn-modules torch-modules \
-  > "$OUT/bench-norms.log" 2>&1
-echo "bench exit $?" | tee -a "$OUT/bench-norms.log"
-tail -8 "$OUT/bench-norms.log"
+tail -n 3 "$DIR/build.log"
+cp "$BUILD"/zenattn/_C*.so zenattn/ 2>/dev/null && ls -l zenattn/_C*.so
+"$PY" -c "import zenattn, json; print(json.dumps(zenattn.info(), indent=1))" >> "$DIR/env.txt" 2>&1
+tail -n 25 "$DIR/env.txt"
+pack
 
-step "CUDA C++ attention beside Triton, the issue's shape (bench-cuda-attention.log)"
-timeout 50 "$PY" -m zenattn.bench --ops attention --dtypes bf16 --batch 2 --heads 16 --seq-lens 8192 \
-  --head-dims 128 --causal false --modes fwd fwd+bwd --providers zenattn-triton zenattn-cuda sdpa-flash \
-  --out "$OUT" --tag "$TAG-cuda-attention" > "$OUT/bench-cuda-attention.log" 2>&1
-echo "bench exit $?" | tee -a "$OUT/bench-cuda-attention.log"
-tail -8 "$OUT/bench-cuda-attention.log"
+step "CUDA C++ backend tests (tests-cuda.log)"
+gpu_pytest 75 tests-cuda.log tests/test_cuda_attention.py tests/test_norm_parity.py tests/test_norm_edge_cases.py \
+  tests/test_norm_api.py -k "cuda and not gradcheck"
+pack
 
-step "FlexAttention beside zenattn (flex.log)"
-timeout 30 "$PY" -m zenattn.bench --ops attention --dtypes bf16 --batch 2 --heads 16 --seq-lens 4096 \
-  --head-dims 128 --causal true --providers zenattn-triton sdpa-flash flex --out "$OUT" --tag "$TAG-flex" \
-  > "$OUT/flex.log" 2>&1
-echo "flex exit $?" | tee -a "$OUT/flex.log"
+# 2. Speed, alone on the GPU (no tests beside it). The issues' attention shape first.
+step "attention, bf16 B 2 H 16 N 8192 D 128 (bench-attention-8k.log)"
+bench 110 attention-8k --ops attention --dtypes bf16 --batch 2 --heads 16 --seq-lens 8192 --head-dims 128 \
+  --causal false true --modes fwd fwd+bwd \
+  --providers zenattn-triton zenattn-cuda sdpa-flash sdpa-efficient sdpa-cudnn flash-attn xformers
 
-# 3. Correctness on the GPU: the same tests as CI, with CUDA tensors (tests/parity.py then runs the
-#    triton backend, and cuda where zenattn has CUDA C++ kernels) and one fixed Triton configuration
-#    (autotuning every shape family would take the whole budget).
-step "parity tests on CUDA tensors (tests.log)"
-ZENATTN_TEST_DEVICE=cuda ZENATTN_TRITON_AUTOTUNE=0 timeout 95 "$PY" -m pytest -q -p no:cacheprovider \
-  tests/test_cuda_attention.py tests/test_norm_parity.py tests/test_norm_edge_cases.py tests/test_attention_parity.py \
-  tests/test_attention_edge_cases.py tests/test_attention_api.py \
-  -k "(triton or cuda) and not gradcheck and not seq_lens" > "$OUT/tests.log" 2>&1
-echo "tests exit $?" | tee -a "$OUT/tests.log"
-tail -30 "$OUT/tests.log"
+step "norms, bf16 16384 rows (bench-norms.log)"
+bench 60 norms --ops layer_norm rms_norm --dtypes bf16 --rows 16384 --hidden 1024 4096 8192 \
+  --modes fwd fwd+bwd --residual false \
+  --providers zenattn-triton zenattn-cuda torch-eager liger
+
+step "reference model training step, gpt2-small bf16 (bench-model.log)"
+bench 40 model --ops model --dtypes bf16 --presets gpt2-small --providers zenattn-modules torch-modules
+
+step "wider attention sweep until the time is up (bench-attention-sweep.log)"
+left=$(( 390 - ($(date +%s) - T0) ))
+if [ "$left" -gt 30 ]; then
+  bench "$left" attention-sweep --ops attention --dtypes bf16 --batch 2 --heads 16 --seq-lens 2048 16384 4096 \
+    --head-dims 128 64 --causal true false --modes fwd fwd+bwd \
+    --providers zenattn-triton zenattn-cuda sdpa-flash sdpa-cudnn
+fi
+
 step "done"
+pack
+grep -h -E "passed|failed|pytest exit" "$DIR"/tests-*.log
+tail -n 1 "$DIR/build.log"
