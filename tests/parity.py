@@ -17,6 +17,7 @@ import os
 
 import torch
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 import zenattn
 from zenattn.functional.attention import draw_seed
@@ -119,8 +120,14 @@ def sdpa_equivalent(q, k, v, *, attn_mask=None, causal=False, alignment="top_lef
         mask = allowed
     else:
         mask = bias.masked_fill(~allowed, float("-inf")).to(q.dtype)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale,
-                                          enable_gqa=q.shape[1] != k.shape[1])
+    if q.device.type != "cuda":
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale,
+                                              enable_gqa=q.shape[1] != k.shape[1])
+    # On CUDA, torch's plain computation: SDPA's math backend. The one torch picks for a mask (memory
+    # efficient) gave NaN query gradients for a negative scale in bf16/fp16 (torch 2.11, H200).
+    with sdpa_kernel(SDPBackend.MATH):
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale,
+                                              enable_gqa=q.shape[1] != k.shape[1])
 
 
 def dropout_keep(opts, q, k):

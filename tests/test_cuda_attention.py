@@ -120,6 +120,6 @@ def test_supported_grid_is_accepted(dtype, d):
 
 
 def test_explicit_cuda_request_on_cpu_tensors_says_why():
-    q, k, v = (torch.randn(1, 2, 8, 64, dtype=torch.float16) for _ in range(3))
+    q, k, v = (torch.randn(1, 2, 8, 64, dtype=torch.float16, device="cpu") for _ in range(3))
     with pytest.raises(zenattn.BackendUnavailableError, match="requested backend 'cuda' cannot run here"):
         zenattn.attention(q, k, v, backend="cuda")

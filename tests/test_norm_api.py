@@ -140,11 +140,12 @@ def test_extension_failure_is_reported_not_raised(monkeypatch):
 # ---- torch.library registration --------------------------------------------------------------
 
 def _opcheck_cases():
-    x = torch.randn(5, 24, requires_grad=True)
-    w = torch.randn(24, requires_grad=True)
-    b = torch.randn(24, requires_grad=True)
-    r = torch.randn(5, 24, requires_grad=True)
-    seed = torch.tensor(1234, dtype=torch.int64)
+    # The cpu backend's ops, so CPU tensors whatever the tests' default device (ZENATTN_TEST_DEVICE).
+    x = torch.randn(5, 24, device="cpu", requires_grad=True)
+    w = torch.randn(24, device="cpu", requires_grad=True)
+    b = torch.randn(24, device="cpu", requires_grad=True)
+    r = torch.randn(5, 24, device="cpu", requires_grad=True)
+    seed = torch.tensor(1234, dtype=torch.int64, device="cpu")
     ops = torch.ops.zenattn
     yield "ln", ops.layer_norm_fwd.default, (x, w, b, None, None, 1e-5, 0.0, "cpu")
     yield "ln residual", ops.layer_norm_fwd.default, (x, w, b, r, None, 1e-5, 0.0, "cpu")
@@ -155,7 +156,7 @@ def _opcheck_cases():
     yield "rms residual", ops.rms_norm_fwd.default, (x, w, r, None, 1e-6, 0.0, "cpu")
     yield "rms residual dropout", ops.rms_norm_fwd.default, (x, w, r, seed, 1e-6, 0.3, "cpu")
     y, s, mean, rstd = ops.layer_norm_fwd(x.detach(), w.detach(), b.detach(), None, None, 1e-5, 0.0, "cpu")
-    dy = torch.randn(5, 24)
+    dy = torch.randn(5, 24, device="cpu")
     yield "ln bwd", ops.layer_norm_bwd.default, (dy, None, x.detach(), w.detach(), mean, rstd, None, 0.0, True,
                                                  False, "cpu")
     yield "ln bwd dropout", ops.layer_norm_bwd.default, (dy, dy, x.detach(), w.detach(), mean, rstd, seed, 0.3,

@@ -26,6 +26,16 @@ def norm_backend(request, monkeypatch):
     return request.param
 
 
+def widest_dtype(backend: str) -> torch.dtype:
+    """The most precise dtype ``backend`` takes: float64, except the CUDA C++ kernels (float32)."""
+    return torch.float32 if backend == "cuda" else torch.float64
+
+
+def close_tol(dtype: torch.dtype, tight: float) -> float:
+    """``tight`` (a float64 tolerance) or, in float32, one a few rounding steps wide."""
+    return tight if dtype == torch.float64 else 2e-5
+
+
 # ---- numerical extremes -----------------------------------------------------------------------
 
 @pytest.mark.parametrize("value, dtype", [
@@ -62,19 +72,20 @@ def test_rms_norm_zero_rows_are_finite(hidden):
 
 @pytest.mark.parametrize("kind", ["layer_norm", "rms_norm"])
 @pytest.mark.parametrize("hidden", [7, 1500])
-@pytest.mark.usefixtures("norm_backend")
-def test_eps_zero(kind, hidden):
+def test_eps_zero(norm_backend, kind, hidden):
     """eps = 0 on ordinary rows: LayerNorm output has mean 0 and variance 1."""
-    x = torch.randn(6, hidden, dtype=torch.float64)
+    dtype = widest_dtype(norm_backend)
+    x = torch.randn(6, hidden, dtype=torch.float64).to(dtype)
+    tol = dict(rtol=close_tol(dtype, 1e-7), atol=close_tol(dtype, 1e-7))
     if kind == "layer_norm":
         y = zenattn.layer_norm(x, (hidden,), eps=0.0)
-        torch.testing.assert_close(y.mean(-1), torch.zeros(6, dtype=torch.float64), atol=1e-12, rtol=0)
-        torch.testing.assert_close(y.var(-1, unbiased=False), torch.ones(6, dtype=torch.float64))
-        torch.testing.assert_close(y, layer_norm_ref(x, hidden, eps=0.0))
+        torch.testing.assert_close(y.mean(-1), torch.zeros(6, dtype=dtype), atol=close_tol(dtype, 1e-12), rtol=0)
+        torch.testing.assert_close(y.var(-1, unbiased=False), torch.ones(6, dtype=dtype), **tol)
+        torch.testing.assert_close(y.double(), layer_norm_ref(x.double(), hidden, eps=0.0), **tol)
     else:
         y = zenattn.rms_norm(x, (hidden,), eps=0.0)
-        torch.testing.assert_close(y.square().mean(-1), torch.ones(6, dtype=torch.float64))
-        torch.testing.assert_close(y, rms_norm_ref(x, hidden, eps=0.0))
+        torch.testing.assert_close(y.square().mean(-1), torch.ones(6, dtype=dtype), **tol)
+        torch.testing.assert_close(y.double(), rms_norm_ref(x.double(), hidden, eps=0.0), **tol)
 
 
 @pytest.mark.parametrize("hidden", [192, 4096])
@@ -156,9 +167,10 @@ def test_residual_with_one_output_unused(norm_backend, kind, used):
     """With a residual, only y used (the last block drops the sum) or only the sum: the gradients
     still match float64 torch (norm(x + r), written out), with no gradient given for the unused
     output (autograd hands the backward None for it, not a zero tensor)."""
-    x, r = (torch.randn(6, 24, dtype=torch.float64, requires_grad=True) for _ in range(2))
-    w = torch.randn(24, dtype=torch.float64, requires_grad=True)
-    g = torch.randn(6, 24, dtype=torch.float64)
+    dtype = widest_dtype(norm_backend)
+    x, r = (torch.randn(6, 24, dtype=dtype, requires_grad=True) for _ in range(2))
+    w = torch.randn(24, dtype=dtype, requires_grad=True)
+    g = torch.randn(6, 24, dtype=dtype)
     if kind == "layer_norm":
         y, s = zenattn.layer_norm(x, (24,), w, None, 1e-5, residual=r, backend=norm_backend)
         y_ref = F.layer_norm(x + r, (24,), w, None, 1e-5)
@@ -172,7 +184,7 @@ def test_residual_with_one_output_unused(norm_backend, kind, used):
         if b is None:  # the sum does not depend on the weight
             assert a is None or torch.count_nonzero(a) == 0
         else:
-            torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
+            torch.testing.assert_close(a, b, rtol=close_tol(dtype, 1e-9), atol=close_tol(dtype, 1e-9))
 
 
 @pytest.mark.parametrize("kind", ["layer_norm", "rms_norm"])

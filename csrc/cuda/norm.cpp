@@ -16,7 +16,15 @@ namespace cuda {
 namespace {
 
 constexpr const char* kOp = "zenattn cuda norm";
-constexpr int64_t kBwdPrograms = 256;  // blocks (and partial rows) of the backward: a function of the shape only
+
+// Blocks (and fp32 partial rows) of the backward: a function of the shape only, so the weight / bias
+// gradients are summed in the same order on every GPU. Enough blocks to keep many rows in flight
+// (256 left a 16384 x 1024 backward latency-bound on an H200), each partial buffer at most 2^22
+// floats. The same rule as zenattn/triton/norm.py's bwd_programs.
+int64_t bwd_programs(int64_t rows, int64_t n) {
+  const int64_t wanted = std::max<int64_t>(256, std::min<int64_t>(2048, (int64_t(1) << 22) / std::max<int64_t>(n, 1)));
+  return std::max<int64_t>(1, std::min(rows, wanted));
+}
 
 DType dtype_of(const at::Tensor& t, const char* name) {
   switch (t.scalar_type()) {
@@ -120,7 +128,7 @@ std::vector<at::Tensor> norm_bwd(const at::Tensor& dy, const std::optional<at::T
   const at::Tensor dsc = dsum ? dsum->contiguous() : at::Tensor();
   const at::Tensor wt = weight ? weight->contiguous() : at::Tensor();
   const at::Tensor mc = rms ? at::Tensor() : mean->contiguous(), rc = rstd.contiguous();
-  const int64_t programs = std::max<int64_t>(1, std::min(rows, kBwdPrograms));
+  const int64_t programs = bwd_programs(rows, n);
   const auto part = x.options().dtype(at::kFloat);
   const NormDropout dropout = dropout_of(seed, dropout_p);
   at::Tensor dx = at::empty({rows, n}, x.options());

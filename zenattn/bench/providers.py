@@ -247,20 +247,13 @@ def _xformers(version: str) -> Provider:
 
 def _liger(version: str) -> Provider:
     def make(case: Case, device: torch.device):
-        from liger_kernel.transformers import LigerLayerNorm, LigerRMSNorm  # noqa: PLC0415
+        # Liger's functional forms (its modules own their parameters; these take the case's tensors).
+        from liger_kernel.transformers.functional import liger_layer_norm, liger_rms_norm  # noqa: PLC0415
 
         if case.op == "layer_norm":
-            module = LigerLayerNorm(case.hidden, eps=LN_EPS).to(device)
-        else:
-            module = LigerRMSNorm(case.hidden, eps=RMS_EPS, in_place=False).to(device)
+            return lambda x, w, b: liger_layer_norm(x, w, b, LN_EPS)
+        return lambda x, w, b: liger_rms_norm(x, w, RMS_EPS, in_place=False)
 
-        def run(x, w, b):
-            # Liger's modules own their parameters: point them at the case's tensors (no copy).
-            module.weight = w
-            if b is not None:
-                module.bias = b
-            return module(x)
-        return run
     def why_not(case: Case, device: torch.device) -> Optional[str]:
         if case.residual:
             return "Liger's LayerNorm / RMSNorm have no fused residual add"

@@ -422,8 +422,18 @@ def _sizes(q: Tensor, k: Tensor, v: Tensor):
     B, H, Nq, D = q.shape
     Hk, Nk, DV = k.shape[1], k.shape[2], v.shape[3]
     tune_n = triton.next_power_of_2(max(Nq, Nk, 1))
-    return (H, H // Hk if Hk else 1, Nq, Nk, D, DV, tune_n), dict(BLOCK_D=_head_dim_block(D),
-                                                                BLOCK_DV=_head_dim_block(DV))
+    block_d, block_dv = head_dim_blocks(D, DV, q.device)
+    return (H, H // Hk if Hk else 1, Nq, Nk, D, DV, tune_n), dict(BLOCK_D=block_d, BLOCK_DV=block_dv)
+
+
+def head_dim_blocks(d: int, dv: int, device: torch.device) -> tuple[int, int]:
+    """The padded query/key and value head dims. On CUDA both are the larger one: with a smaller
+    value block (D 40, Dv 24: blocks 64 and 32) Triton 3.6 computed a wrong bf16/fp16 output on an
+    H200 (float32 and the interpreter were right); benchmarks/results/gpu-*.md has the run."""
+    block_d, block_dv = _head_dim_block(d), _head_dim_block(dv)
+    if device.type == "cuda":
+        block_d = block_dv = max(block_d, block_dv)
+    return block_d, block_dv
 
 
 @serialized_in_interpreter

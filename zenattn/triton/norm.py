@@ -31,7 +31,23 @@ from zenattn.triton.common import (acc_dtype, autotuned, dropout_args, dropout_k
                                    serialized_in_interpreter, stat_dtype, store_rounded)
 
 MAX_HIDDEN = 65536      # one row must fit in one program's registers
-BWD_MAX_PROGRAMS = 256  # programs (and partial rows) of the backward; a function of the shape only
+
+
+def bwd_programs(rows: int, n: int) -> int:
+    """Programs (and float32 partial rows) of the backward: a function of the shape only, so dW/dB
+    are summed in the same order on every GPU. Enough to keep many rows in flight (256 left a
+    16384 x 1024 backward latency-bound on an H200), each partial buffer at most 2^22 floats. The
+    same rule as ``bwd_programs`` in csrc/cuda/norm.cpp."""
+    return max(1, min(rows, max(256, min(2048, (1 << 22) // max(n, 1)))))
+
+
+@triton.jit
+def _over_n(total, N):
+    """``total / N`` rounded to nearest. Triton's float32 ``/`` is an approximate division on CUDA
+    (a rounding step off even for N = 1, where LayerNorm's dx = rstd * (g - mean(g)) must be 0)."""
+    if total.dtype == tl.float32:
+        return tl.math.div_rn(total, tl.zeros_like(total) + N)
+    return total / N
 
 
 @triton.jit
@@ -73,12 +89,12 @@ def _norm_fwd_kernel(
         mean = 0.0
     else:
         x0 = tl.sum(tl.where(cols == 0, x, 0.0), axis=0)
-        shift = x0 + tl.sum(tl.where(in_row, x - x0, 0.0), axis=0) / N
+        shift = x0 + _over_n(tl.sum(tl.where(in_row, x - x0, 0.0), axis=0), N)
         xs = tl.where(in_row, x - shift, 0.0)
-        delta = tl.sum(xs, axis=0) / N
+        delta = _over_n(tl.sum(xs, axis=0), N)
         xc = tl.where(in_row, xs - delta, 0.0)
         mean = shift + delta
-    var = tl.sum(xc * xc, axis=0) / N
+    var = _over_n(tl.sum(xc * xc, axis=0), N)
     rstd = 1.0 / tl.sqrt(var + eps)
     # -- normalize, scale, shift
     y = xc * rstd
@@ -126,13 +142,13 @@ def _norm_bwd_kernel(
                 xhat = tl.where(in_row, (x - tl.load(MEAN + row).to(ACC)) * rstd, 0.0)
             wdy = w * dy
             # dx = rstd * (w dy - xhat * mean(w dy xhat) [- mean(w dy) for LayerNorm])
-            c1 = tl.sum(wdy * xhat, axis=0) / N
+            c1 = _over_n(tl.sum(wdy * xhat, axis=0), N)
             if RMS:
                 dx = (wdy - xhat * c1) * rstd
                 # one element: 1 - xhat^2 cancels catastrophically; it equals eps * rstd^2 exactly
                 dx = tl.where(N == 1, wdy * eps * rstd * rstd * rstd, dx)
             else:
-                c2 = tl.sum(wdy, axis=0) / N
+                c2 = _over_n(tl.sum(wdy, axis=0), N)
                 dx = (wdy - (xhat * c1 + c2)) * rstd
             if HAS_DSUM:  # the returned sum x + r feeds its own gradient straight through
                 dx += tl.load(DSUM + row * stride_dsum + cols, mask=in_row, other=0.0).to(ACC)
@@ -227,7 +243,7 @@ def norm_bwd(dy: Tensor, dsum: Optional[Tensor], x: Tensor, weight: Optional[Ten
     dx = torch.empty(x.shape, dtype=x.dtype, device=x.device)
     has_dres = has_residual and dropout_p > 0
     dres = torch.empty(x.shape, dtype=x.dtype, device=x.device) if has_dres else None
-    programs = max(1, min(rows, BWD_MAX_PROGRAMS))
+    programs = bwd_programs(rows, n)
     part_dtype = stat_dtype(x.dtype)
     dw_part = torch.zeros(programs, n, dtype=part_dtype, device=x.device) if weight is not None else None
     db_part = torch.zeros(programs, n, dtype=part_dtype, device=x.device) if has_bias else None
