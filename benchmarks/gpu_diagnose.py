@@ -1,13 +1,15 @@
-"""Follow-ups of the first GPU run (benchmarks/results/gpu-h200-2026-11-29.md), for the next lent GPU:
+"""Follow-ups of the first GPU run (benchmarks/results/gpu-h200-2026-11-29.md), for a lent GPU:
 
-1. ``dv``: the Triton attention output in bf16/fp16 when the value head dim differs (D 40, Dv 24),
-   with the padded value block as small as its own head dim (the first run's setting, wrong there)
-   and as wide as the query/key block (``head_dim_blocks`` on CUDA now); max error against float64.
+1. ``dv``: the Triton attention output (autotuned) when the value head dim differs from the query/key
+   one, with both padded to the wider block (``head_dim_blocks`` on CUDA); max error against float64.
+   ``dv-separate`` also runs the value block padded only to its own head dim, the first run's setting:
+   wrong outputs there with the fixed configuration, and an illegal memory access while autotuning in
+   the second run (so it goes last: it leaves the CUDA context unusable).
 2. ``profile``: where the time of a LayerNorm forward+backward (triton, cuda, torch) and of the
    reference model's training step (zenattn and torch modules) goes: the CUDA kernels by total
    time (torch.profiler), and the wall time per call beside the GPU time (host overhead).
 
-    python benchmarks/gpu_diagnose.py [dv] [profile]
+    python benchmarks/gpu_diagnose.py [dv] [profile] [dv-separate]    # run in the order given
 """
 
 from __future__ import annotations
@@ -23,11 +25,11 @@ import zenattn.triton.attention as tri_attn
 from zenattn.reference import attention_ref
 
 
-def diagnose_dv() -> None:
+def diagnose_dv(separate_too: bool = False) -> None:
     shapes = {"D 40 Dv 24": (40, 24), "D 40 Dv 32": (40, 32), "D 64 Dv 24": (64, 24), "D 40 Dv 40": (40, 40)}
     original = tri_attn.head_dim_blocks
     separate = lambda d, dv, device: (tri_attn._head_dim_block(d), tri_attn._head_dim_block(dv))  # noqa: E731
-    for dtype in (torch.bfloat16, torch.float16):
+    for dtype in (torch.bfloat16,):
         for name, (d, dv) in shapes.items():
             g = torch.Generator(device="cpu").manual_seed(0)
             q = torch.randn(2, 3, 67, d, generator=g).to("cuda", dtype)
@@ -35,7 +37,8 @@ def diagnose_dv() -> None:
             v = torch.randn(2, 3, 89, dv, generator=g).to("cuda", dtype)
             ref = attention_ref(q.double(), k.double(), v.double(), causal=True)
             errors = {}
-            for label, blocks in (("separate blocks", separate), ("equal blocks", original)):
+            variants = [("equal blocks", original)] + ([("separate blocks", separate)] if separate_too else [])
+            for label, blocks in variants:
                 tri_attn.head_dim_blocks = blocks
                 try:
                     out = zenattn.attention(q, k, v, causal=True, backend="triton")
@@ -95,9 +98,7 @@ def diagnose_profile() -> None:
 
 
 if __name__ == "__main__":
-    wanted = sys.argv[1:] or ["dv", "profile"]
     print(zenattn.info()["backends"])
-    if "dv" in wanted:
-        diagnose_dv()
-    if "profile" in wanted:
-        diagnose_profile()
+    steps = {"dv": diagnose_dv, "profile": diagnose_profile, "dv-separate": lambda: diagnose_dv(separate_too=True)}
+    for name in sys.argv[1:] or ["dv", "profile"]:   # in the order given
+        steps[name]()
