@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 import os
 
+import pytest
 import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -38,6 +39,23 @@ def kernel_backends(device: str, op: str) -> list[str]:
     cuda_built = bool(zenattn.info()["extension"].get("cuda"))
     full_contract = op != "attention"
     return ["triton"] + (["cuda"] if cuda_built and full_contract and zenattn.backends.has_kernel("cuda", op) else [])
+
+
+def exact_dtype(backend: str) -> torch.dtype:
+    """The most precise dtype ``backend`` computes attention in on the test device: float64, except the
+    Triton kernels on a GPU, which decline float64 there (test_triton_declines_float64_on_gpus)."""
+    return torch.float32 if backend == "triton" and TEST_DEVICE == "cuda" else torch.float64
+
+
+def exact_tol(dtype: torch.dtype, rtol: float, atol: float) -> dict:
+    """``rtol``/``atol`` (float64 tolerances), or in float32 a few rounding steps of the result."""
+    return dict(rtol=rtol, atol=atol) if dtype == torch.float64 else dict(rtol=2e-4, atol=2e-5)
+
+
+def skip_if_declined(backend: str, dtype: torch.dtype) -> None:
+    """Skip a float64 case of a backend that declines float64 here (that refusal is itself tested)."""
+    if dtype == torch.float64 and exact_dtype(backend) != torch.float64:
+        pytest.skip(f"the {backend} backend declines float64 on {TEST_DEVICE} (test_triton_declines_float64_on_gpus)")
 
 
 KERNELS = kernel_backends(TEST_DEVICE, "attention")
