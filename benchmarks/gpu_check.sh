@@ -11,11 +11,12 @@
 #                         copy of the tree, while the Triton tests run; the .so is copied in after them
 #   tests-triton.log      the parity / edge-case / API tests on CUDA tensors, Triton backend (issue #4)
 #   tests-cuda.log        the same for the CUDA C++ backend, and tests/test_cuda_attention.py (issue #5)
+#   diagnose.log          benchmarks/gpu_diagnose.py host dv: cProfile of the Triton eager path, D != Dv
 #   bench-*.log           zenattn-bench, alone on the GPU: the issues' attention shape (bf16, D 128,
 #                         N 8192), the norms, the model step, then the wider attention sweep until
 #                         the time is up; rows append to results.csv/.jsonl, each run writes
 #                         bench-cuda-<date>-<tag>.json/.md
-# Time: about 6.5 minutes on an H200, each step under its own timeout (tests get SIGINT first, so pytest
+# Time: about 7.5 minutes on an H200, each step under its own timeout (tests get SIGINT first, so pytest
 # still prints its summary of failures).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -68,8 +69,9 @@ tar cf - --exclude=./.git --exclude=./.venv --exclude=./build --exclude=./bench-
   echo "build exit $? after $(( $(date +%s) - T0 ))s since the start" >> "$DIR/build.log" ) &
 build_pid=$!
 
+# (tests/test_norm_api.py needs zenattn._C at collection: it runs in the CUDA step.)
 step "Triton backend tests on CUDA tensors (tests-triton.log)"
-gpu_pytest 150 tests-triton.log tests/test_norm_parity.py tests/test_norm_edge_cases.py tests/test_norm_api.py \
+gpu_pytest 150 tests-triton.log tests/test_norm_parity.py tests/test_norm_edge_cases.py \
   tests/test_attention_parity.py tests/test_attention_edge_cases.py tests/test_attention_api.py \
   -k "triton and not gradcheck and not seq_lens"
 pack
@@ -81,9 +83,17 @@ cp "$BUILD"/zenattn/_C*.so zenattn/ 2>/dev/null && ls -l zenattn/_C*.so
 tail -n 25 "$DIR/env.txt"
 pack
 
-step "CUDA C++ backend tests (tests-cuda.log)"
+step "CUDA C++ backend tests, and test_norm_api (tests-cuda.log)"
 gpu_pytest 75 tests-cuda.log tests/test_cuda_attention.py tests/test_norm_parity.py tests/test_norm_edge_cases.py \
-  tests/test_norm_api.py -k "cuda and not gradcheck"
+  tests/test_norm_api.py -k "(cuda and not gradcheck) or test_norm_api"
+pack
+
+# The open questions of the first runs (benchmarks/results/gpu-h200-2026-11-29.md): where the ~1 ms
+# of host time per Triton norm call goes, and D != Dv attention under autotuning.
+step "diagnostics: host time, D != Dv autotuned (diagnose.log)"
+timeout 60 "$PY" benchmarks/gpu_diagnose.py host dv > "$DIR/diagnose.log" 2>&1
+echo "diagnose exit $?" >> "$DIR/diagnose.log"
+grep -E "^==|^dv|tottime|exit" "$DIR/diagnose.log" | head -20
 pack
 
 # 2. Speed, alone on the GPU (no tests beside it). The issues' attention shape first.
@@ -101,7 +111,7 @@ step "reference model training step, gpt2-small bf16 (bench-model.log)"
 bench 40 model --ops model --dtypes bf16 --presets gpt2-small --providers zenattn-modules torch-modules
 
 step "wider attention sweep until the time is up (bench-attention-sweep.log)"
-left=$(( 390 - ($(date +%s) - T0) ))
+left=$(( 420 - ($(date +%s) - T0) ))
 if [ "$left" -gt 30 ]; then
   bench "$left" attention-sweep --ops attention --dtypes bf16 --batch 2 --heads 16 --seq-lens 2048 16384 4096 \
     --head-dims 128 64 --causal true false --modes fwd fwd+bwd \

@@ -8,8 +8,10 @@
 2. ``profile``: where the time of a LayerNorm forward+backward (triton, cuda, torch) and of the
    reference model's training step (zenattn and torch modules) goes: the CUDA kernels by total
    time (torch.profiler), and the wall time per call beside the GPU time (host overhead).
+3. ``host``: where the host time of a Triton LayerNorm / attention forward+backward goes (about 1 ms
+   per LayerNorm forward+backward in the second run, for 0.08 ms of GPU work): cProfile, by own time.
 
-    python benchmarks/gpu_diagnose.py [dv] [profile] [dv-separate]    # run in the order given
+    python benchmarks/gpu_diagnose.py [dv] [profile] [host] [dv-separate]    # run in the order given
 """
 
 from __future__ import annotations
@@ -97,8 +99,42 @@ def diagnose_profile() -> None:
                  training_step(model, tokens[0], tokens[1], torch.bfloat16), iters=5)
 
 
+def diagnose_host() -> None:
+    import cProfile
+    import io
+    import pstats
+
+    x = torch.randn(4096, 1024, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    w = torch.ones(1024, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    b = torch.zeros(1024, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    q, k, v = (torch.randn(2, 8, 512, 64, device="cuda", dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
+
+    def norm():
+        y = zenattn.layer_norm(x, (1024,), w, b, backend="triton")
+        torch.autograd.grad(y, (x, w, b), y)
+
+    def attention():
+        o = zenattn.attention(q, k, v, causal=True, backend="triton")
+        torch.autograd.grad(o, (q, k, v), o)
+
+    for label, fn in (("triton layer_norm fwd+bwd", norm), ("triton attention fwd+bwd", attention)):
+        for _ in range(5):
+            fn()
+        torch.cuda.synchronize()
+        prof = cProfile.Profile()
+        prof.enable()
+        for _ in range(50):
+            fn()
+        torch.cuda.synchronize()
+        prof.disable()
+        text = io.StringIO()
+        pstats.Stats(prof, stream=text).sort_stats("tottime").print_stats(25)
+        print(f"\n== host time of 50 x {label} (cProfile, by own time)\n{text.getvalue()}")
+
+
 if __name__ == "__main__":
     print(zenattn.info()["backends"])
-    steps = {"dv": diagnose_dv, "profile": diagnose_profile, "dv-separate": lambda: diagnose_dv(separate_too=True)}
+    steps = {"dv": diagnose_dv, "profile": diagnose_profile, "host": diagnose_host,
+             "dv-separate": lambda: diagnose_dv(separate_too=True)}
     for name in sys.argv[1:] or ["dv", "profile"]:   # in the order given
         steps[name]()
