@@ -22,30 +22,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 DIR=${1:-benchmarks/results/gpu-run}
 ARCHIVE=${GPU_CHECK_ARCHIVE:-}
-PY=${PYTHON:-python3}
-mkdir -p "$DIR"
-DIR=$(cd "$DIR" && pwd)
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
-T0=$(date +%s)
-step() { echo "[gpu_check +$(( $(date +%s) - T0 ))s] $*"; }
-pack() { [ -n "$ARCHIVE" ] && tar czf "$ARCHIVE" -C "$(dirname "$DIR")" "$(basename "$DIR")" 2>/dev/null; true; }
-# pytest on CUDA tensors, parallel workers (Triton compiles on the CPU), a per-test limit so one hung
-# kernel cannot take the whole run; SIGINT at the limit so pytest reports what it has.
-gpu_pytest() {
-  local limit=$1 log=$2; shift 2
-  ZENATTN_TEST_DEVICE=cuda ZENATTN_TRITON_AUTOTUNE=0 timeout -s INT -k 15 "$limit" \
-    "$PY" -m pytest -p no:cacheprovider -n 6 -v --tb=short -rfE --timeout 90 "$@" > "$DIR/$log" 2>&1
-  echo "pytest exit $?" >> "$DIR/$log"
-  grep -E "^(FAILED|ERROR)|passed|failed|pytest exit" "$DIR/$log" | tail -25
-}
-bench() {
-  local limit=$1 tag=$2; shift 2
-  timeout -s INT -k 10 "$limit" "$PY" -m zenattn.bench --out "$DIR" --tag "$tag" --budget 0.5 "$@" \
-    > "$DIR/bench-$tag.log" 2>&1
-  echo "bench exit $?" >> "$DIR/bench-$tag.log"
-  tail -n 25 "$DIR/bench-$tag.log"
-  pack
-}
+source benchmarks/gpu_common.sh
 
 step "environment"
 {
@@ -62,12 +39,7 @@ pack
 # 1. Build the extension in a copy of the tree (so no test imports a half-written .so), while the
 #    Triton tests run: they need no zenattn._C.
 step "building zenattn._C in the background (build.log)"
-BUILD=$(mktemp -d)
-tar cf - --exclude=./.git --exclude=./.venv --exclude=./build --exclude=./bench-out --exclude=./.whl \
-  --exclude=./benchmarks/results --exclude='*.so' . | tar xf - -C "$BUILD"
-( cd "$BUILD" && MAX_JOBS=10 timeout 240 "$PY" setup.py build_ext --inplace > "$DIR/build.log" 2>&1
-  echo "build exit $? after $(( $(date +%s) - T0 ))s since the start" >> "$DIR/build.log" ) &
-build_pid=$!
+build_in_background
 
 # (tests/test_norm_api.py needs zenattn._C at collection: it runs in the CUDA step.)
 step "Triton backend tests on CUDA tensors (tests-triton.log)"
@@ -76,9 +48,7 @@ gpu_pytest 150 tests-triton.log tests/test_norm_parity.py tests/test_norm_edge_c
   -k "triton and not gradcheck and not seq_lens"
 pack
 
-wait "$build_pid"
-tail -n 3 "$DIR/build.log"
-cp "$BUILD"/zenattn/_C*.so zenattn/ 2>/dev/null && ls -l zenattn/_C*.so
+copy_extension
 "$PY" -c "import zenattn, json; print(json.dumps(zenattn.info(), indent=1))" >> "$DIR/env.txt" 2>&1
 tail -n 25 "$DIR/env.txt"
 pack
