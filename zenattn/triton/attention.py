@@ -428,8 +428,9 @@ def _sizes(q: Tensor, k: Tensor, v: Tensor):
 
 def head_dim_blocks(d: int, dv: int, device: torch.device) -> tuple[int, int]:
     """The padded query/key and value head dims. On CUDA both are the larger one: with a smaller
-    value block (D 40, Dv 24: blocks 64 and 32) Triton 3.6 computed a wrong bf16/fp16 output on an
-    H200 (float32 and the interpreter were right); benchmarks/results/gpu-*.md has the run."""
+    value block (D 40, Dv 24: blocks 64 and 32) Triton 3.6 on an H200 computed a wrong bf16/fp16
+    output with the fixed configuration and hit an illegal memory access while autotuning (float32
+    and the interpreter were right); benchmarks/results/gpu-h200-2026-11-29.md."""
     block_d, block_dv = _head_dim_block(d), _head_dim_block(dv)
     if device.type == "cuda":
         block_d = block_dv = max(block_d, block_dv)
