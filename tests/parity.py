@@ -41,10 +41,12 @@ def kernel_backends(device: str, op: str) -> list[str]:
     return ["triton"] + (["cuda"] if cuda_built and full_contract and zenattn.backends.has_kernel("cuda", op) else [])
 
 
-def exact_dtype(backend: str) -> torch.dtype:
-    """The most precise dtype ``backend`` computes attention in on the test device: float64, except the
-    Triton kernels on a GPU, which decline float64 there (test_triton_declines_float64_on_gpus)."""
-    return torch.float32 if backend == "triton" and TEST_DEVICE == "cuda" else torch.float64
+def exact_dtype(backend: str, op: str = "attention") -> torch.dtype:
+    """The most precise dtype ``backend`` computes ``op`` (attention or norm) in on the test device:
+    float64, except where it declines float64: the CUDA C++ kernels, and the Triton attention kernels
+    on a GPU (test_triton_declines_float64_on_gpus)."""
+    declines = backend == "cuda" or (backend == "triton" and op == "attention" and TEST_DEVICE == "cuda")
+    return torch.float32 if declines else torch.float64
 
 
 def exact_tol(dtype: torch.dtype, rtol: float, atol: float) -> dict:

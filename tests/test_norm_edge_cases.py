@@ -16,7 +16,7 @@ import zenattn
 from zenattn.functional.attention import draw_seed
 from zenattn.reference import layer_norm_ref, norm_dropout_keep_ref, rms_norm_ref
 
-from parity import NORM_KERNELS, FWD_FACTOR, GRAD_FACTOR, assert_within_rule
+from parity import NORM_KERNELS, FWD_FACTOR, GRAD_FACTOR, assert_within_rule, exact_dtype, exact_tol
 
 
 @pytest.fixture(params=NORM_KERNELS)
@@ -24,16 +24,6 @@ def norm_backend(request, monkeypatch):
     """Runs a test once per kernel backend, through ZENATTN_BACKEND (triton: the interpreter on CPU)."""
     monkeypatch.setenv("ZENATTN_BACKEND", request.param)
     return request.param
-
-
-def widest_dtype(backend: str) -> torch.dtype:
-    """The most precise dtype ``backend`` takes: float64, except the CUDA C++ kernels (float32)."""
-    return torch.float32 if backend == "cuda" else torch.float64
-
-
-def close_tol(dtype: torch.dtype, tight: float) -> float:
-    """``tight`` (a float64 tolerance) or, in float32, one a few rounding steps wide."""
-    return tight if dtype == torch.float64 else 2e-5
 
 
 # ---- numerical extremes -----------------------------------------------------------------------
@@ -74,12 +64,12 @@ def test_rms_norm_zero_rows_are_finite(hidden):
 @pytest.mark.parametrize("hidden", [7, 1500])
 def test_eps_zero(norm_backend, kind, hidden):
     """eps = 0 on ordinary rows: LayerNorm output has mean 0 and variance 1."""
-    dtype = widest_dtype(norm_backend)
+    dtype = exact_dtype(norm_backend, "norm")
     x = torch.randn(6, hidden, dtype=torch.float64).to(dtype)
-    tol = dict(rtol=close_tol(dtype, 1e-7), atol=close_tol(dtype, 1e-7))
+    tol = exact_tol(dtype, 1e-7, 1e-7)
     if kind == "layer_norm":
         y = zenattn.layer_norm(x, (hidden,), eps=0.0)
-        torch.testing.assert_close(y.mean(-1), torch.zeros(6, dtype=dtype), atol=close_tol(dtype, 1e-12), rtol=0)
+        torch.testing.assert_close(y.mean(-1), torch.zeros(6, dtype=dtype), atol=exact_tol(dtype, 0, 1e-12)["atol"], rtol=0)
         torch.testing.assert_close(y.var(-1, unbiased=False), torch.ones(6, dtype=dtype), **tol)
         torch.testing.assert_close(y.double(), layer_norm_ref(x.double(), hidden, eps=0.0), **tol)
     else:
@@ -167,7 +157,7 @@ def test_residual_with_one_output_unused(norm_backend, kind, used):
     """With a residual, only y used (the last block drops the sum) or only the sum: the gradients
     still match float64 torch (norm(x + r), written out), with no gradient given for the unused
     output (autograd hands the backward None for it, not a zero tensor)."""
-    dtype = widest_dtype(norm_backend)
+    dtype = exact_dtype(norm_backend, "norm")
     x, r = (torch.randn(6, 24, dtype=dtype, requires_grad=True) for _ in range(2))
     w = torch.randn(24, dtype=dtype, requires_grad=True)
     g = torch.randn(6, 24, dtype=dtype)
@@ -184,7 +174,7 @@ def test_residual_with_one_output_unused(norm_backend, kind, used):
         if b is None:  # the sum does not depend on the weight
             assert a is None or torch.count_nonzero(a) == 0
         else:
-            torch.testing.assert_close(a, b, rtol=close_tol(dtype, 1e-9), atol=close_tol(dtype, 1e-9))
+            torch.testing.assert_close(a, b, **exact_tol(dtype, 1e-9, 1e-9))
 
 
 @pytest.mark.parametrize("kind", ["layer_norm", "rms_norm"])
