@@ -226,6 +226,7 @@ py::dict build_info() {
 #endif
   d["cpu_isa"] = zenattn::cpu::kernel_isa();
   d["cpu_blas"] = zenattn::cpu::blas::backend_name();
+  d["cpu_bf16_gemm"] = zenattn::cpu::blas::bf16_available();
   return d;
 }
 

@@ -2,6 +2,7 @@
 // already usable in place, fill the parameter struct, run the kernel for this machine's
 // instruction set. Input checks happen before this, at the pybind11 boundary (csrc/bindings.cpp).
 #include "cpu/attention.h"
+#include "cpu/blas.h"
 #include "cpu/isa.h"
 #include "common/philox.h"
 
@@ -18,11 +19,17 @@ void run_bwd(const AttnParams& p) { ZENATTN_ISA_DISPATCH(attention_bwd_kernel, p
 // float for float32/float16/bfloat16 (half types are converted once, O(N * D)), double for float64.
 at::ScalarType compute_type(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
 
-// t (B, H, N, X) in the compute type with a unit last stride and a row stride BLAS accepts.
-// float32 / float64 tensors with such strides (contiguous, sliced, transposed (B, N, H, X) layouts,
+// bfloat16 attention runs in bf16 mode (AttnParams::bf16) where oneDNN's bf16 products are usable
+// and the head dims are even (VNNI pairs along them).
+bool bf16_mode(const at::Tensor& q, const at::Tensor& v) {
+  return q.scalar_type() == at::kBFloat16 && q.size(3) % 2 == 0 && v.size(3) % 2 == 0 && blas::bf16_available();
+}
+
+// t (B, H, N, X) as type `type` with a unit last stride and a row stride BLAS accepts. Tensors
+// already of that type with such strides (contiguous, sliced, transposed (B, N, H, X) layouts,
 // broadcast batch or head) are used in place.
-at::Tensor operand(const at::Tensor& t) {
-  at::Tensor c = t.scalar_type() == compute_type(t.scalar_type()) ? t : t.to(compute_type(t.scalar_type()));
+at::Tensor operand(const at::Tensor& t, at::ScalarType type) {
+  at::Tensor c = t.scalar_type() == type ? t : t.to(type);
   // BLAS takes the row stride as a 32-bit leading dimension of at least the row length (a length-1
   // sequence dim may carry any stride: row_stride() replaces it).
   const bool rows_ok = c.size(2) <= 1 || (c.stride(2) >= c.size(3) && c.stride(2) < std::numeric_limits<int>::max());
@@ -34,10 +41,23 @@ at::Tensor operand(const at::Tensor& t) {
 // it is never stepped over but still reaches BLAS as a leading dimension.
 int64_t row_stride(const at::Tensor& t) { return t.size(2) <= 1 ? std::max<int64_t>(t.size(3), 1) : t.stride(2); }
 
+// t (B, H, N, X) with N padded to even by a zero row.
+at::Tensor pad_rows_even(const at::Tensor& t) { return t.size(2) % 2 ? at::constant_pad_nd(t, {0, 0, 0, 1}) : t; }
+
+// The bf16 products' operands (AttnParams::bf16), each (B, H, ...) contiguous. x^T in VNNI pairs:
+// (B, H, X / 2, N, 2); x in VNNI pairs: (B, H, N2 / 2, X, 2); x^T row-major: (B, H, X, N2).
+at::Tensor vnni_pairs_t(const at::Tensor& x) { return x.unflatten(3, {x.size(3) / 2, 2}).permute({0, 1, 3, 2, 4}).contiguous(); }
+at::Tensor vnni_pairs(const at::Tensor& x) {
+  const at::Tensor x2 = pad_rows_even(x);
+  return x2.unflatten(2, {x2.size(2) / 2, 2}).transpose(3, 4).contiguous();
+}
+at::Tensor transposed(const at::Tensor& x) { return pad_rows_even(x).transpose(2, 3).contiguous(); }
+
 AttnParams make_params(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const AttnOptions& opt,
                        at::Tensor& mask_holder, at::Tensor& alibi_holder) {
   AttnParams p{};
-  p.dtype = q.scalar_type();
+  p.dtype = compute_type(q.scalar_type());
+  p.bf16 = q.scalar_type() == at::kBFloat16;  // the operands are bf16 only in bf16 mode
   p.B = q.size(0);
   p.Hq = q.size(1);
   p.Hkv = k.size(1);
@@ -84,43 +104,65 @@ AttnParams make_params(const at::Tensor& q, const at::Tensor& k, const at::Tenso
 
 std::vector<at::Tensor> attention_fwd(const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in,
                                       const AttnOptions& opt) {
-  const at::Tensor q = operand(q_in), k = operand(k_in), v = operand(v_in);
-  at::Tensor mask_holder, alibi_holder;
+  const at::ScalarType type = bf16_mode(q_in, v_in) ? at::kBFloat16 : compute_type(q_in.scalar_type());
+  const at::Tensor q = operand(q_in, type), k = operand(k_in, type), v = operand(v_in, type);
+  at::Tensor mask_holder, alibi_holder, kt_pack, v_pack;
   AttnParams p = make_params(q, k, v, opt, mask_holder, alibi_holder);
-  at::Tensor out = at::empty({p.B, p.Hq, p.Nq, p.Dv}, q.options());
-  at::Tensor lse = at::empty({p.B, p.Hq, p.Nq}, q.options());
+  if (p.bf16) {
+    kt_pack = vnni_pairs_t(k);
+    v_pack = vnni_pairs(v);
+    p.kt_pack = kt_pack.data_ptr();
+    p.v_pack = v_pack.data_ptr();
+  }
+  const auto opts = q.options().dtype(p.dtype);
+  at::Tensor out = at::empty({p.B, p.Hq, p.Nq, p.Dv}, opts);
+  at::Tensor lse = at::empty({p.B, p.Hq, p.Nq}, opts);
   p.out = out.data_ptr();
   p.lse = lse.data_ptr();
   if (out.numel() > 0 || lse.numel() > 0) run_fwd(p);
   // Half-precision inputs also get the output at the compute precision: the backward's
   // delta = rowsum(dO * O) from the rounded output would shift every dS of a row by up to one
   // rounding step of O (dq and dk errors many times torch's; found by tests/test_fuzz.py).
-  if (q_in.scalar_type() != q.scalar_type()) return {out.to(q_in.scalar_type()), lse, out};
-  return {out, lse, at::empty({0}, q.options())};
+  if (q_in.scalar_type() != p.dtype) return {out.to(q_in.scalar_type()), lse, out};
+  return {out, lse, at::empty({0}, opts)};
 }
 
 std::vector<at::Tensor> attention_bwd(const at::Tensor& dout_in, const at::Tensor& q_in, const at::Tensor& k_in,
                                       const at::Tensor& v_in, const at::Tensor& out_in, const at::Tensor& lse_in,
                                       const std::optional<at::Tensor>& dlse_in, const AttnOptions& opt) {
-  const at::Tensor q = operand(q_in), k = operand(k_in), v = operand(v_in);
-  const at::Tensor dlse = dlse_in.has_value() ? dlse_in->to(q.scalar_type()).contiguous() : at::Tensor();
-  const at::Tensor dout = operand(dout_in), o = operand(out_in);
-  const at::Tensor lse = lse_in.to(q.scalar_type()).contiguous();
+  const at::ScalarType type = bf16_mode(q_in, v_in) ? at::kBFloat16 : compute_type(q_in.scalar_type());
+  const at::Tensor q = operand(q_in, type), k = operand(k_in, type), v = operand(v_in, type);
+  const at::Tensor dout = operand(dout_in, type);
   at::Tensor mask_holder, alibi_holder;
   AttnParams p = make_params(q, k, v, opt, mask_holder, alibi_holder);
+  const at::Tensor o = operand(out_in, p.dtype);
+  const at::Tensor dlse = dlse_in.has_value() ? dlse_in->to(p.dtype).contiguous() : at::Tensor();
+  const at::Tensor lse = lse_in.to(p.dtype).contiguous();
+  at::Tensor packs[5];
+  if (p.bf16) {
+    packs[0] = vnni_pairs_t(k), packs[1] = vnni_pairs_t(v), packs[2] = vnni_pairs(k);
+    packs[3] = transposed(q), packs[4] = transposed(dout);
+    p.kt_pack = packs[0].data_ptr(), p.vt_pack = packs[1].data_ptr(), p.k_pack = packs[2].data_ptr();
+    p.q_t = packs[3].data_ptr(), p.do_t = packs[4].data_ptr();
+  }
   p.lse = const_cast<void*>(lse.data_ptr());
   p.dout = dout.data_ptr();
   p.do_sb = dout.stride(0), p.do_sh = dout.stride(1), p.do_sn = row_stride(dout);
   p.o = o.data_ptr();
   p.dlse = dlse.defined() ? dlse.data_ptr() : nullptr;
   p.o_sb = o.stride(0), p.o_sh = o.stride(1), p.o_sn = row_stride(o);
-  const auto opts = q.options();
+  const auto opts = q.options().dtype(p.dtype);
   at::Tensor dq = at::empty({p.B, p.Hq, p.Nq, p.D}, opts);
   // dK/dV per (q head, query chunk): a GQA group's heads and a head's chunks are summed below, in
   // a fixed order. Without GQA and with one chunk they are dK/dV themselves.
   p.q_chunks = attention_bwd_q_chunks(p);
-  at::Tensor dk_parts = at::empty({p.B, p.Hq * p.q_chunks, p.Nk, p.D}, opts);
-  at::Tensor dv_parts = at::empty({p.B, p.Hq * p.q_chunks, p.Nk, p.Dv}, opts);
+  // (bf16 mode: dK^T / dV^T, transposed back below)
+  const auto part_shape = [&](int64_t x) {
+    return p.bf16 ? std::vector<int64_t>{p.B, p.Hq * p.q_chunks, x, p.Nk}
+                  : std::vector<int64_t>{p.B, p.Hq * p.q_chunks, p.Nk, x};
+  };
+  at::Tensor dk_parts = at::empty(part_shape(p.D), opts);
+  at::Tensor dv_parts = at::empty(part_shape(p.Dv), opts);
   p.dq = dq.data_ptr();
   p.dk_parts = dk_parts.data_ptr();
   p.dv_parts = dv_parts.data_ptr();
@@ -128,10 +170,14 @@ std::vector<at::Tensor> attention_bwd(const at::Tensor& dout_in, const at::Tenso
   at::Tensor dk = dk_parts, dv = dv_parts;
   if (p.Hq * p.q_chunks != p.Hkv) {
     const int64_t parts = p.Hq * p.q_chunks / std::max<int64_t>(p.Hkv, 1);
-    dk = dk_parts.view({p.B, p.Hkv, parts, p.Nk, p.D}).sum(2);
-    dv = dv_parts.view({p.B, p.Hkv, parts, p.Nk, p.Dv}).sum(2);
+    dk = dk_parts.unflatten(1, {p.Hkv, parts}).sum(2);
+    dv = dv_parts.unflatten(1, {p.Hkv, parts}).sum(2);
   }
-  return {dq.to(q_in.scalar_type()), dk.to(k_in.scalar_type()), dv.to(v_in.scalar_type())};
+  if (p.bf16) dk = dk.transpose(2, 3), dv = dv.transpose(2, 3);
+  const auto result = [](const at::Tensor& t, const at::Tensor& like) {
+    return t.to(like.scalar_type(), false, false, at::MemoryFormat::Contiguous);
+  };
+  return {result(dq, q_in), result(dk, k_in), result(dv, v_in)};
 }
 
 at::Tensor attention_dropout_keep(int64_t seed, int64_t B, int64_t H, int64_t Nq, int64_t Nk, double p) {

@@ -57,6 +57,20 @@ struct AttnParams {
   int64_t q_chunks;                // the backward splits each head's queries into this many chunks
   void* dk_parts;                  // (B, Hq, q_chunks, Nk, D) contiguous, T: per q head and chunk,
   void* dv_parts;                  // (B, Hq, q_chunks, Nk, Dv)   summed by the launcher in fixed order
+
+  // bf16 mode (dtype kFloat, bf16 set; D and Dv even): q, k, v and dout stay bfloat16 and the tile
+  // products run on blas::gemm_bf16 (scores and the probabilities as fp32, rounded to bf16 before
+  // they multiply V, dO, K or Q, as torch's own bf16 CPU attention does). The launcher makes these
+  // operands, contiguous per (batch, head), kv heads b * Hkv + hk, q heads b * Hq + h, with row
+  // counts padded to even by zeros (Nk2, Nq2):
+  bool bf16 = false;
+  const void* kt_pack;   // K^T (D x Nk) in VNNI pairs: scores = Q K^T
+  const void* v_pack;    // V (Nk2 x Dv) in VNNI pairs: forward's acc += P V
+  const void* vt_pack;   // V^T (Dv x Nk) in VNNI pairs: backward's dP = dO V^T
+  const void* k_pack;    // K (Nk2 x D) in VNNI pairs: backward's dQ += dS K
+  const void* q_t;       // Q^T (D x Nq2) row-major: backward's dK^T += Q^T dS
+  const void* do_t;      // dO^T (Dv x Nq2) row-major: backward's dV^T += dO^T P
+  // and the backward's dk_parts / dv_parts hold dK^T / dV^T: (B, Hq, q_chunks, D or Dv, Nk).
 };
 
 // Query tile sizes. With causal or window masking the keys a block of queries may attend shrink

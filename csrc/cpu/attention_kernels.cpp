@@ -13,6 +13,12 @@
 //             count; dK/dV partials per (q head, chunk) are summed by the launcher afterwards.
 //
 // Nothing of size Nq x Nk is ever allocated: scratch is a few (query block x key block) tiles per thread.
+//
+// bfloat16 inputs run the same schedule in bf16 mode (AttnParams::bf16) where oneDNN's bf16 brgemm
+// is usable: the products take bf16 operands (the launcher's VNNI packs, and P / dS rounded to bf16
+// per tile), accumulate in fp32, and everything between them (softmax, masks, dS) stays fp32. The
+// backward then computes dK^T and dV^T, so that P and dS are packed by pairs of query rows instead
+// of transposed.
 #include "cpu/attention.h"
 #include "cpu/blas.h"
 #include "common/philox.h"
@@ -135,6 +141,31 @@ T dot(const T* a, const T* b, int64_t n) {
   return sum;
 }
 
+// dst[r, c] = bf16(src[r, c]) for rows x cols, and 0 in column cols when cols is odd (the zero
+// the VNNI pair of a product's K dimension needs).
+void round_rows(const float* src, int64_t ld_src, int64_t rows, int64_t cols, at::BFloat16* dst, int64_t ld_dst) {
+  for (int64_t r = 0; r < rows; ++r) {
+    at::vec::convert(src + r * ld_src, dst + r * ld_dst, cols);
+    if (cols % 2) dst[r * ld_dst + cols] = at::BFloat16(0.0f);
+  }
+}
+
+// The rows x cols bf16 matrix src as a product's B operand: VNNI pairs of rows, N stride ld_dst
+// (blas::gemm_bf16), a zero row added when rows is odd.
+void pack_row_pairs(const at::BFloat16* src, int64_t ld, int64_t rows, int64_t cols, at::BFloat16* dst,
+                    int64_t ld_dst) {
+  for (int64_t r = 0; r < rows; r += 2) {
+    const auto* a = reinterpret_cast<const uint16_t*>(src + r * ld);
+    const auto* b = reinterpret_cast<const uint16_t*>(src + (r + 1) * ld);
+    auto* out = reinterpret_cast<uint32_t*>(dst + r * ld_dst);
+    if (r + 1 < rows) {
+      for (int64_t c = 0; c < cols; ++c) out[c] = uint32_t(a[c]) | (uint32_t(b[c]) << 16);
+    } else {
+      for (int64_t c = 0; c < cols; ++c) out[c] = uint32_t(a[c]);
+    }
+  }
+}
+
 // ---- masks -------------------------------------------------------------------------------------
 
 template <typename T, typename M>
@@ -174,6 +205,9 @@ struct Head {
   const T* v;                // (Nk, Dv), row stride p.v_sn
   T slope;                   // ALiBi slope, 0 without ALiBi
   DropoutRng rng;
+  // bf16 mode (AttnParams::bf16): q rows and this head's packs
+  const at::BFloat16 *qb = nullptr, *kt = nullptr, *vp = nullptr, *vt = nullptr, *kp = nullptr;
+  const at::BFloat16 *qt = nullptr, *dot = nullptr;
 
   Head(const AttnParams& params, int64_t b_, int64_t h_) : p(params), b(b_), h(h_), bh(b_ * params.Hq + h_) {
     const int64_t hk = h / (p.Hq / p.Hkv);
@@ -182,6 +216,19 @@ struct Head {
     v = static_cast<const T*>(p.v) + b * p.v_sb + hk * p.v_sh;
     slope = p.alibi ? static_cast<const T*>(p.alibi)[b * p.alibi_sb + h] : T(0);
     rng = DropoutRng{p.seed, DropoutRng::threshold_for(p.dropout_p)};
+    if (p.bf16) {
+      const int64_t kv = b * p.Hkv + hk, Nk2 = p.Nk + p.Nk % 2, Nq2 = p.Nq + p.Nq % 2;
+      const auto at_ = [](const void* base, int64_t offset) {
+        return base ? static_cast<const at::BFloat16*>(base) + offset : nullptr;
+      };
+      qb = at_(p.q, b * p.q_sb + h * p.q_sh);
+      kt = at_(p.kt_pack, kv * p.D * p.Nk);
+      vp = at_(p.v_pack, kv * Nk2 * p.Dv);
+      vt = at_(p.vt_pack, kv * p.Dv * p.Nk);
+      kp = at_(p.k_pack, kv * Nk2 * p.D);
+      qt = at_(p.q_t, bh * p.D * Nq2);
+      dot = at_(p.do_t, bh * p.Dv * Nq2);
+    }
   }
 
   // Keys that rows [i0, i1) may attend at all (causal / window): [lo, hi).
@@ -189,17 +236,25 @@ struct Head {
     int64_t lo = 0, hi = p.Nk;
     if (p.window_left >= 0) lo = std::max<int64_t>(lo, i0 + p.offset - p.window_left);
     if (p.window_right >= 0) hi = std::min<int64_t>(hi, i1 + p.offset + p.window_right);  // last row i1 - 1
+    // bf16 packs hold pairs of keys: start on an even one (the extra key is masked in scores()).
+    if (p.bf16 && lo < hi) lo -= lo % 2;
     return {lo, std::max(lo, hi)};
   }
 
   // S[r, c] (row stride ld) = score of query i0 + r and key j0 + c, masked scores -inf. With
   // softcap, tanh_out[r, c] receives tanh(raw / softcap), which the backward differentiates.
   void scores(T* S, int64_t ld, int64_t i0, int64_t rows, int64_t j0, int64_t cols, T* tanh_out) const {
-    blas::gemm(false, true, rows, cols, p.D, T(p.scale), q + i0 * p.q_sn, p.q_sn, k + j0 * p.k_sn, p.k_sn,
-               T(0), S, ld);
+    if constexpr (std::is_same_v<T, float>) {
+      if (p.bf16) blas::gemm_bf16(rows, cols, p.D, qb + i0 * p.q_sn, p.q_sn, kt + 2 * j0, p.Nk, false, S, ld);
+    }
+    if (!p.bf16) {
+      blas::gemm(false, true, rows, cols, p.D, T(p.scale), q + i0 * p.q_sn, p.q_sn, k + j0 * p.k_sn, p.k_sn,
+                 T(0), S, ld);
+    }
     for (int64_t r = 0; r < rows; ++r) {
       T* s = S + r * ld;
       const int64_t i = i0 + r;
+      if (p.bf16) scale_row(s, cols, T(p.scale));
       if (p.softcap > 0) softcap_row(s, cols, tanh_out + r * ld);
       if (p.alibi) {
         for (int64_t c = 0; c < cols; ++c) s[c] -= slope * T(std::abs(i + p.offset - (j0 + c)));
@@ -240,7 +295,7 @@ struct Head {
 
 // ---- forward -----------------------------------------------------------------------------------
 
-template <typename T>
+template <typename T, bool kBf16>
 void forward(const AttnParams& p) {
   const int64_t BQ = fwd_block_q(p);
   const int64_t n_qblocks = (p.Nq + BQ - 1) / BQ;
@@ -250,6 +305,7 @@ void forward(const AttnParams& p) {
     std::vector<T> S(BQ * kFwdBlockK), acc(BQ * p.Dv), m(BQ), l(BQ);
     std::vector<T> tanh_buf(p.softcap > 0 ? BQ * kFwdBlockK : 0);
     std::vector<uint8_t> keep(dropout ? BQ * kFwdBlockK : 0);
+    std::vector<at::BFloat16> Pb(kBf16 ? BQ * kFwdBlockK : 0);
     for (int64_t item = begin; item < end; ++item) {
       const int64_t qb = item % n_qblocks, bh = item / n_qblocks;
       const Head<T> head(p, bh / p.Hq, bh % p.Hq);
@@ -281,8 +337,14 @@ void forward(const AttnParams& p) {
           }
         }
         // acc (rows, Dv) += P (rows, cols) @ V[j0 : j0 + cols] (cols, Dv)
-        blas::gemm(false, false, rows, p.Dv, cols, T(1), S.data(), kFwdBlockK, head.v + j0 * p.v_sn, p.v_sn,
-                   T(1), acc.data(), p.Dv);
+        if constexpr (kBf16) {
+          round_rows(S.data(), kFwdBlockK, rows, cols, Pb.data(), kFwdBlockK);
+          blas::gemm_bf16(rows, p.Dv, cols + cols % 2, Pb.data(), kFwdBlockK, head.vp + j0 * p.Dv, p.Dv, true,
+                          acc.data(), p.Dv);
+        } else {
+          blas::gemm(false, false, rows, p.Dv, cols, T(1), S.data(), kFwdBlockK, head.v + j0 * p.v_sn, p.v_sn,
+                     T(1), acc.data(), p.Dv);
+        }
       }
 
       // out = acc / l; lse = m + log(l); rows with nothing attended: out 0, lse -inf
@@ -295,12 +357,13 @@ void forward(const AttnParams& p) {
         lse[r] = any ? m[r] + std::log(l[r]) : kNegInf<T>;
       }
     }
+    if constexpr (kBf16) blas::bf16_release();
   });
 }
 
 // ---- backward ----------------------------------------------------------------------------------
 
-template <typename T>
+template <typename T, bool kBf16>
 void backward(const AttnParams& p) {
   constexpr int64_t BK = kBwdBlockK;
   const int64_t BQ = attention_block_q(p);
@@ -313,12 +376,17 @@ void backward(const AttnParams& p) {
     std::vector<T> P(BQ * BK), dS(BQ * BK), dq_acc(BQ * p.D), delta(BQ);
     std::vector<T> Pd(dropout ? BQ * BK : 0), tanh_buf(p.softcap > 0 ? BQ * BK : 0);
     std::vector<uint8_t> keep(dropout ? BQ * BK : 0);
+    // bf16 mode: P and dS rounded (rows x cols, padded to even cols) and packed by row pairs
+    std::vector<at::BFloat16> Pb(kBf16 ? BQ * BK : 0), Pv(kBf16 ? (BQ + 1) * BK : 0);
+    std::vector<at::BFloat16> dSb(kBf16 ? BQ * BK : 0), dSv(kBf16 ? (BQ + 1) * BK : 0);
+    std::vector<T> do_row(kBf16 ? p.Dv : 0);
     for (int64_t item = begin; item < end; ++item) {
       // item = (bh, chunk): query blocks [qb_begin, qb_end) of head bh, dK/dV into its own part
       const int64_t bh = item / chunks, chunk = item % chunks;
       const int64_t qb_begin = chunk * n_qblocks / chunks, qb_end = (chunk + 1) * n_qblocks / chunks;
       const Head<T> head(p, bh / p.Hq, bh % p.Hq);
       const T* dout = static_cast<const T*>(p.dout) + head.b * p.do_sb + head.h * p.do_sh;
+      const at::BFloat16* dob = static_cast<const at::BFloat16*>(p.dout) + head.b * p.do_sb + head.h * p.do_sh;
       const T* o = static_cast<const T*>(p.o) + head.b * p.o_sb + head.h * p.o_sh;
       const T* lse = static_cast<const T*>(p.lse) + bh * p.Nq;
       const T* dlse = p.dlse ? static_cast<const T*>(p.dlse) + bh * p.Nq : nullptr;
@@ -336,7 +404,12 @@ void backward(const AttnParams& p) {
         // delta = rowsum(dO * O): the softmax backward's correction term (O includes dropout).
         // A gradient on the returned lse adds dlse * P to dS (d lse / d s = P): delta -= dlse.
         for (int64_t r = 0; r < rows; ++r) {
-          delta[r] = dot(do_blk + r * p.do_sn, o + (i0 + r) * p.o_sn, p.Dv);
+          if constexpr (kBf16) {
+            at::vec::convert(dob + (i0 + r) * p.do_sn, do_row.data(), p.Dv);
+            delta[r] = dot(do_row.data(), o + (i0 + r) * p.o_sn, p.Dv);
+          } else {
+            delta[r] = dot(do_blk + r * p.do_sn, o + (i0 + r) * p.o_sn, p.Dv);
+          }
           if (dlse) delta[r] -= dlse[i0 + r];
         }
         std::fill(dq_acc.begin(), dq_acc.end(), T(0));
@@ -362,11 +435,22 @@ void backward(const AttnParams& p) {
             p_used = Pd.data();
           }
           // dV[j0:] (cols, Dv) += P_used^T (cols, rows) @ dO (rows, Dv)
-          blas::gemm(true, false, cols, p.Dv, rows, T(1), p_used, BK, do_blk, p.do_sn, T(1), dv + j0 * p.Dv, p.Dv);
           // dP (rows, cols) = dO (rows, Dv) @ V[j0:]^T (Dv, cols)
-          blas::gemm(false, true, rows, cols, p.Dv, T(1), do_blk, p.do_sn, head.v + j0 * p.v_sn, p.v_sn, T(0),
-                     dS.data(), BK);
-          // dS = P * (dP - delta), through dropout and the softcap's tanh
+          if constexpr (kBf16) {  // dV^T (Dv, cols) += dO^T (Dv, rows) @ P_used (rows, cols)
+            const int64_t rows2 = rows + rows % 2;
+            round_rows(p_used, BK, rows, cols, Pb.data(), BK);
+            pack_row_pairs(Pb.data(), BK, rows, cols, Pv.data(), BK);
+            blas::gemm_bf16(p.Dv, cols, rows2, head.dot + i0, p.Nq + p.Nq % 2, Pv.data(), BK, true, dv + j0, p.Nk);
+            blas::gemm_bf16(rows, cols, p.Dv, dob + i0 * p.do_sn, p.do_sn, head.vt + 2 * j0, p.Nk, false, dS.data(),
+                            BK);
+          } else {
+            blas::gemm(true, false, cols, p.Dv, rows, T(1), p_used, BK, do_blk, p.do_sn, T(1), dv + j0 * p.Dv, p.Dv);
+            blas::gemm(false, true, rows, cols, p.Dv, T(1), do_blk, p.do_sn, head.v + j0 * p.v_sn, p.v_sn, T(0),
+                       dS.data(), BK);
+          }
+          // dS = P * (dP - delta), through dropout and the softcap's tanh (bf16 mode: times scale,
+          // which the bf16 products cannot apply)
+          const T ds_scale = kBf16 ? scale : T(1);
           for (int64_t r = 0; r < rows; ++r) {
             T* ds = dS.data() + r * BK;
             const T* pr = P.data() + r * BK;
@@ -378,31 +462,43 @@ void backward(const AttnParams& p) {
                 const T t = tanh_buf[r * BK + c];
                 g *= T(1) - t * t;
               }
-              ds[c] = g;
+              ds[c] = g * ds_scale;
             }
           }
           // dQ (rows, D) += scale * dS (rows, cols) @ K[j0:] (cols, D)
-          blas::gemm(false, false, rows, p.D, cols, scale, dS.data(), BK, head.k + j0 * p.k_sn, p.k_sn, T(1),
-                     dq_acc.data(), p.D);
           // dK[j0:] (cols, D) += scale * dS^T (cols, rows) @ Q (rows, D)
-          blas::gemm(true, false, cols, p.D, rows, scale, dS.data(), BK, q_blk, p.q_sn, T(1), dk + j0 * p.D, p.D);
+          if constexpr (kBf16) {  // dK^T (D, cols) += Q^T (D, rows) @ dS (rows, cols)
+            round_rows(dS.data(), BK, rows, cols, dSb.data(), BK);
+            blas::gemm_bf16(rows, p.D, cols + cols % 2, dSb.data(), BK, head.kp + j0 * p.D, p.D, true,
+                            dq_acc.data(), p.D);
+            pack_row_pairs(dSb.data(), BK, rows, cols, dSv.data(), BK);
+            blas::gemm_bf16(p.D, cols, rows + rows % 2, head.qt + i0, p.Nq + p.Nq % 2, dSv.data(), BK, true,
+                            dk + j0, p.Nk);
+          } else {
+            blas::gemm(false, false, rows, p.D, cols, scale, dS.data(), BK, head.k + j0 * p.k_sn, p.k_sn, T(1),
+                       dq_acc.data(), p.D);
+            blas::gemm(true, false, cols, p.D, rows, scale, dS.data(), BK, q_blk, p.q_sn, T(1), dk + j0 * p.D, p.D);
+          }
         }
         std::copy_n(dq_acc.data(), rows * p.D, dq + i0 * p.D);
       }
     }
+    if constexpr (kBf16) blas::bf16_release();
   });
 }
 
 }  // namespace
 
 void attention_fwd_kernel(const AttnParams& p) {
-  if (p.dtype == at::kDouble) return forward<double>(p);
-  return forward<float>(p);
+  if (p.dtype == at::kDouble) return forward<double, false>(p);
+  if (p.bf16) return forward<float, true>(p);
+  return forward<float, false>(p);
 }
 
 void attention_bwd_kernel(const AttnParams& p) {
-  if (p.dtype == at::kDouble) return backward<double>(p);
-  return backward<float>(p);
+  if (p.dtype == at::kDouble) return backward<double, false>(p);
+  if (p.bf16) return backward<float, true>(p);
+  return backward<float, false>(p);
 }
 
 }  // namespace CPU_CAPABILITY

@@ -1,6 +1,7 @@
 #include "cpu/blas.h"
 
 #include <ATen/ATen.h>
+#include <ATen/native/CPUBlas.h>
 
 #include <dlfcn.h>
 
@@ -95,6 +96,63 @@ void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, double alpha, const
           int64_t lda, const double* b, int64_t ldb, double beta, double* c, int64_t ldc) {
   gemm_impl(dgemm(), ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
 }
+
+#ifdef CPUBLAS_BRGEMM_BF16BF16F32
+namespace {
+
+// One product with a known result, VNNI-packed by hand: catches a torch whose brgemm would take
+// another path on this CPU (its fallback reads B unpacked) or fail.
+bool bf16_selftest() {
+  try {
+    constexpr int64_t M = 3, N = 5, K = 4;
+    c10::BFloat16 a[M * K], b[K * N];
+    float c[M * N], want[M * N] = {};
+    for (int64_t i = 0; i < M * K; ++i) a[i] = c10::BFloat16(float(i % 7) - 3.0f);
+    for (int64_t k = 0; k < K; ++k)
+      for (int64_t n = 0; n < N; ++n) {
+        const float x = float((k * N + n) % 5) - 2.0f;
+        b[(k / 2) * 2 * N + 2 * n + k % 2] = c10::BFloat16(x);
+        for (int64_t m = 0; m < M; ++m) want[m * N + n] += float(a[m * K + k]) * x;
+      }
+    at::native::cpublas::brgemm(M, N, K, K, N, N, false, a, b, c);
+    at::native::cpublas::brgemm_release();
+    return std::equal(c, c + M * N, want);
+  } catch (const std::exception&) {
+    return false;
+  }
+}
+
+}  // namespace
+
+bool bf16_available() {
+  static const bool usable = [] {
+    const char* v = std::getenv("ZENATTN_CPU_BF16_GEMM");
+    return !(v != nullptr && std::string(v) == "0") && bf16_selftest();
+  }();
+  // brgemm falls back to an unpacked product when oneDNN is switched off: check on every call.
+  return usable && at::globalContext().userEnabledMkldnn();
+}
+
+void gemm_bf16(int64_t m, int64_t n, int64_t k, const c10::BFloat16* a, int64_t lda,
+               const c10::BFloat16* b_vnni, int64_t ldb, bool accumulate, float* c, int64_t ldc) {
+  if (m == 0 || n == 0) return;
+  if (k == 0) {
+    if (!accumulate)
+      for (int64_t i = 0; i < m; ++i) std::fill(c + i * ldc, c + i * ldc + n, 0.0f);
+    return;
+  }
+  at::native::cpublas::brgemm(m, n, k, lda, ldb, ldc, accumulate, a, b_vnni, c);
+}
+
+void bf16_release() { at::native::cpublas::brgemm_release(); }
+#else
+bool bf16_available() { return false; }
+void gemm_bf16(int64_t, int64_t, int64_t, const c10::BFloat16*, int64_t, const c10::BFloat16*, int64_t, bool,
+               float*, int64_t) {
+  TORCH_CHECK(false, "zenattn: this torch has no bf16 brgemm (at::native::cpublas::brgemm)");
+}
+void bf16_release() {}
+#endif
 
 const char* backend_name() {
   if (sgemm() != nullptr) return "sgemm_/dgemm_ from torch's BLAS";
