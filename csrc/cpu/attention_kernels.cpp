@@ -24,6 +24,7 @@
 #include "common/philox.h"
 
 #include <ATen/Parallel.h>
+#include <ATen/cpu/vec/functional.h>
 #include <ATen/cpu/vec/vec.h>
 
 #include <algorithm>
@@ -117,6 +118,28 @@ T exp_shift_sum(T* s, int64_t n, T shift) {
   for (; c < n; ++c) {
     s[c] = std::exp(s[c] - shift);
     sum += s[c];
+  }
+  return sum;
+}
+
+// out = bf16(exp(s - shift)) (the forward's P, ready for the bf16 product); returns the sum of
+// the unrounded values.
+float exp_shift_sum_bf16(const float* s, int64_t n, float shift, at::BFloat16* out) {
+  using Vec = Vectorized<float>;
+  constexpr int64_t W = Vec::size();
+  const Vec vshift(shift);
+  Vec vsum(0.0f);
+  int64_t c = 0;
+  for (; c + 2 * W <= n; c += 2 * W) {
+    const Vec e0 = fast_exp(Vec::loadu(s + c) - vshift), e1 = fast_exp(Vec::loadu(s + c + W) - vshift);
+    vsum = vsum + (e0 + e1);
+    at::vec::convert_from_float<at::BFloat16>(e0, e1).store(out + c);
+  }
+  float sum = hsum(vsum);
+  for (; c < n; ++c) {
+    const float e = std::exp(s[c] - shift);
+    sum += e;
+    out[c] = at::BFloat16(e);
   }
   return sum;
 }
@@ -320,25 +343,35 @@ void forward(const AttnParams& p) {
         head.scores(S.data(), kFwdBlockK, i0, rows, j0, cols, tanh_buf.data());
         if (dropout) head.dropout_keep(keep.data(), kFwdBlockK, i0, rows, j0, cols);
         // online softmax: P = exp(S - m_new); the running output and sum scale by exp(m_old - m_new)
+        // (bf16 mode: P rounded to bf16 into Pb, with the zero column an odd cols needs)
         for (int64_t r = 0; r < rows; ++r) {
           T* s = S.data() + r * kFwdBlockK;
+          at::BFloat16* pb = kBf16 ? Pb.data() + r * kFwdBlockK : nullptr;
+          if (kBf16 && cols % 2) pb[cols] = at::BFloat16(0.0f);
           const T m_new = std::max(m[r], row_max(s, cols));
           if (m_new == kNegInf<T>) {  // nothing attended yet: P is 0 (and exp(-inf - -inf) is NaN)
             std::fill(s, s + cols, T(0));
+            if (kBf16) std::fill(pb, pb + cols, at::BFloat16(0.0f));
             continue;
           }
           const T rescale = std::exp(m[r] - m_new);
-          l[r] = l[r] * rescale + exp_shift_sum(s, cols, m_new);
+          T sum;
+          if constexpr (kBf16) {
+            sum = dropout ? exp_shift_sum(s, cols, m_new) : exp_shift_sum_bf16(s, cols, m_new, pb);
+          } else {
+            sum = exp_shift_sum(s, cols, m_new);
+          }
+          l[r] = l[r] * rescale + sum;
           if (rescale != T(1)) scale_row(acc.data() + r * p.Dv, p.Dv, rescale);
           m[r] = m_new;
           if (dropout) {  // the sum above keeps every score: dropout acts on the normalized P
             const uint8_t* kr = keep.data() + r * kFwdBlockK;
             for (int64_t c = 0; c < cols; ++c) s[c] = kr[c] ? s[c] * keep_scale : T(0);
+            if (kBf16) at::vec::convert(s, pb, cols);
           }
         }
         // acc (rows, Dv) += P (rows, cols) @ V[j0 : j0 + cols] (cols, Dv)
         if constexpr (kBf16) {
-          round_rows(S.data(), kFwdBlockK, rows, cols, Pb.data(), kFwdBlockK);
           blas::gemm_bf16(rows, p.Dv, cols + cols % 2, Pb.data(), kFwdBlockK, head.vp + j0 * p.Dv, p.Dv, true,
                           acc.data(), p.Dv);
         } else {
