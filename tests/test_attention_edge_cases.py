@@ -546,8 +546,10 @@ def test_every_cpu_isa_build_and_gemm_path(isa, blas):
             for kw in cases:
                 q = torch.randn(2, 4, 37, 24).to(dtype).requires_grad_(True)
                 k = torch.randn(2, 2, 45, 24).to(dtype).requires_grad_(True)   # GQA, Nk != Nq
-                v = torch.randn(2, 2, 45, 17).to(dtype).requires_grad_(True)   # Dv != D
-                dy = torch.randn(2, 4, 37, 17).to(dtype)
+                # Dv != D; odd Dv keeps bf16 off the bf16 products (VNNI pairs), 16 puts it on them
+                dv = 16 if kw.get("window") or kw.get("softcap") else 17
+                v = torch.randn(2, 2, 45, dv).to(dtype).requires_grad_(True)
+                dy = torch.randn(2, 4, 37, dv).to(dtype)
                 out = zenattn.attention(q, k, v, backend="cpu", **kw)
                 ref_in = [t.detach().double().requires_grad_(True) for t in (q, k, v)]
                 ref = attention_ref(*ref_in, **kw)
@@ -579,6 +581,51 @@ def test_every_cpu_isa_build_and_gemm_path(isa, blas):
     cpu_has = torch.backends.cpu.get_cpu_capability()
     if isa == "default" or isa.upper() in cpu_has or cpu_has == "AVX512":
         assert ran_isa == isa.upper(), f"asked for {isa}, ran {ran_isa}"
+
+
+def _cpu_has_avx512_bf16():
+    try:
+        with open("/proc/cpuinfo") as f:
+            return "avx512_bf16" in f.read()
+    except OSError:
+        return False
+
+
+@pytest.mark.parametrize("kw", [dict(), dict(causal=True), dict(window=(7, 3), dropout_p=0.2),
+                                dict(softcap=2.0, alibi_slopes=torch.tensor([0.3, 0.1]))])
+def test_bf16_products_and_their_fallbacks(kw):
+    """bfloat16 with even head dims runs its tile products on oneDNN's bf16 brgemm
+    (csrc/cpu/blas.cpp, gemm_bf16) when torch's oneDNN is on; with torch.backends.mkldnn off the
+    same call must take the fp32 products instead (brgemm would read the packed operands wrongly),
+    and both must match the float64 reference. Odd sizes exercise the zero padding of VNNI pairs."""
+    if not zenattn.info()["extension"].get("cpu_bf16_gemm"):
+        if _cpu_has_avx512_bf16() and torch.torch_version.TorchVersion(torch.__version__) >= "2.13":
+            pytest.fail("this CPU has AVX512-BF16 and torch has bf16 brgemm, but zenattn's bf16 products are off")
+        pytest.skip("no bf16 brgemm on this machine/torch: bfloat16 runs on the fp32 products")
+    torch.manual_seed(0)
+    q = torch.randn(1, 2, 67, 32, dtype=torch.bfloat16, requires_grad=True)
+    k = torch.randn(1, 1, 93, 32, dtype=torch.bfloat16, requires_grad=True)   # GQA, odd Nk
+    v = torch.randn(1, 1, 93, 18, dtype=torch.bfloat16, requires_grad=True)
+    dy = torch.randn(1, 2, 67, 18, dtype=torch.bfloat16)
+    ref_in = [t.detach().double().requires_grad_(True) for t in (q, k, v)]
+    results = []
+    for mkldnn in (True, False):
+        with torch.backends.mkldnn.flags(enabled=mkldnn):
+            torch.manual_seed(1)
+            out = zenattn.attention(q, k, v, backend="cpu", **kw)
+            results.append((out, *torch.autograd.grad(out, (q, k, v), dy)))
+    keep = None
+    if kw.get("dropout_p"):
+        torch.manual_seed(1)
+        keep = dropout_keep_ref(int(draw_seed()), 1, 2, 67, 93, kw["dropout_p"])
+    ref = attention_ref(*ref_in, **kw, **({"dropout_keep": keep} if keep is not None else {}))
+    want = (ref, *torch.autograd.grad(ref, ref_in, dy.double()))
+    for got in results:
+        for g, r, name in zip(got, want, ("out", "dq", "dk", "dv")):
+            rel = (g.double() - r).abs().max().item() / (1 + r.abs().max().item())
+            assert rel < 2e-2, (name, rel)
+    # the two paths round differently (bf16 P and dS against fp32 ones): the switch took effect
+    assert not torch.equal(results[0][1], results[1][1])
 
 
 @pytest.mark.parametrize("b, hq, hkv, nq", [
