@@ -4,6 +4,7 @@
 #include "cpu/attention.h"
 #include "cpu/blas.h"
 #include "cpu/isa.h"
+#include "cpu/vnni.h"
 #include "common/philox.h"
 
 #include <ATen/Parallel.h>
@@ -41,17 +42,41 @@ at::Tensor operand(const at::Tensor& t, at::ScalarType type) {
 // it is never stepped over but still reaches BLAS as a leading dimension.
 int64_t row_stride(const at::Tensor& t) { return t.size(2) <= 1 ? std::max<int64_t>(t.size(3), 1) : t.stride(2); }
 
-// t (B, H, N, X) with N padded to even by a zero row.
-at::Tensor pad_rows_even(const at::Tensor& t) { return t.size(2) % 2 ? at::constant_pad_nd(t, {0, 0, 0, 1}) : t; }
-
-// The bf16 products' operands (AttnParams::bf16), each (B, H, ...) contiguous. x^T in VNNI pairs:
-// (B, H, X / 2, N, 2); x in VNNI pairs: (B, H, N2 / 2, X, 2); x^T row-major: (B, H, X, N2).
-at::Tensor vnni_pairs_t(const at::Tensor& x) { return x.unflatten(3, {x.size(3) / 2, 2}).permute({0, 1, 3, 2, 4}).contiguous(); }
-at::Tensor vnni_pairs(const at::Tensor& x) {
-  const at::Tensor x2 = pad_rows_even(x);
-  return x2.unflatten(2, {x2.size(2) / 2, 2}).transpose(3, 4).contiguous();
+// The bf16 products' operands (AttnParams::bf16), made per (batch, head) in parallel: out is
+// (B, H, *head_shape) contiguous and make(x_head, out_head) fills one head.
+template <typename Make>
+at::Tensor per_head(const at::Tensor& x, std::vector<int64_t> head_shape, const Make& make) {
+  const int64_t B = x.size(0), H = x.size(1);
+  int64_t per = 1;
+  for (int64_t s : head_shape) per *= s;
+  head_shape.insert(head_shape.begin(), {B, H});
+  at::Tensor out = at::empty(head_shape, x.options());
+  const auto* src = x.data_ptr<at::BFloat16>();
+  auto* dst = out.data_ptr<at::BFloat16>();
+  at::parallel_for(0, B * H, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) make(src + (i / H) * x.stride(0) + (i % H) * x.stride(1), dst + i * per);
+  });
+  return out;
 }
-at::Tensor transposed(const at::Tensor& x) { return pad_rows_even(x).transpose(2, 3).contiguous(); }
+
+// x (B, H, N, X) -> x^T in VNNI pairs (B, H, X / 2, N, 2), X even
+at::Tensor vnni_pairs_t(const at::Tensor& x) {
+  const int64_t N = x.size(2), X = x.size(3), ld = row_stride(x);
+  return per_head(x, {X / 2, N, 2}, [&](const at::BFloat16* s, at::BFloat16* d) { vnni::pack_col_pairs(s, ld, N, X, d); });
+}
+
+// x (B, H, N, X) -> x in VNNI pairs (B, H, N2 / 2, X, 2), N2 = N rounded up to even (zero row)
+at::Tensor vnni_pairs(const at::Tensor& x) {
+  const int64_t N = x.size(2), X = x.size(3), ld = row_stride(x);
+  return per_head(x, {(N + 1) / 2, X, 2},
+                  [&](const at::BFloat16* s, at::BFloat16* d) { vnni::pack_row_pairs(s, ld, N, X, d, X); });
+}
+
+// x (B, H, N, X) -> x^T (B, H, X, N2), zero columns past N
+at::Tensor transposed(const at::Tensor& x) {
+  const int64_t N = x.size(2), X = x.size(3), N2 = N + N % 2, ld = row_stride(x);
+  return per_head(x, {X, N2}, [&](const at::BFloat16* s, at::BFloat16* d) { vnni::transpose(s, ld, N, X, d, N2); });
+}
 
 AttnParams make_params(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const AttnOptions& opt,
                        at::Tensor& mask_holder, at::Tensor& alibi_holder) {

@@ -21,6 +21,7 @@
 // of transposed.
 #include "cpu/attention.h"
 #include "cpu/blas.h"
+#include "cpu/vnni.h"
 #include "common/philox.h"
 
 #include <ATen/Parallel.h>
@@ -170,22 +171,6 @@ void round_rows(const float* src, int64_t ld_src, int64_t rows, int64_t cols, at
   for (int64_t r = 0; r < rows; ++r) {
     at::vec::convert(src + r * ld_src, dst + r * ld_dst, cols);
     if (cols % 2) dst[r * ld_dst + cols] = at::BFloat16(0.0f);
-  }
-}
-
-// The rows x cols bf16 matrix src as a product's B operand: VNNI pairs of rows, N stride ld_dst
-// (blas::gemm_bf16), a zero row added when rows is odd.
-void pack_row_pairs(const at::BFloat16* src, int64_t ld, int64_t rows, int64_t cols, at::BFloat16* dst,
-                    int64_t ld_dst) {
-  for (int64_t r = 0; r < rows; r += 2) {
-    const auto* a = reinterpret_cast<const uint16_t*>(src + r * ld);
-    const auto* b = reinterpret_cast<const uint16_t*>(src + (r + 1) * ld);
-    auto* out = reinterpret_cast<uint32_t*>(dst + r * ld_dst);
-    if (r + 1 < rows) {
-      for (int64_t c = 0; c < cols; ++c) out[c] = uint32_t(a[c]) | (uint32_t(b[c]) << 16);
-    } else {
-      for (int64_t c = 0; c < cols; ++c) out[c] = uint32_t(a[c]);
-    }
   }
 }
 
@@ -472,7 +457,7 @@ void backward(const AttnParams& p) {
           if constexpr (kBf16) {  // dV^T (Dv, cols) += dO^T (Dv, rows) @ P_used (rows, cols)
             const int64_t rows2 = rows + rows % 2;
             round_rows(p_used, BK, rows, cols, Pb.data(), BK);
-            pack_row_pairs(Pb.data(), BK, rows, cols, Pv.data(), BK);
+            vnni::pack_row_pairs(Pb.data(), BK, rows, cols, Pv.data(), BK);
             blas::gemm_bf16(p.Dv, cols, rows2, head.dot + i0, p.Nq + p.Nq % 2, Pv.data(), BK, true, dv + j0, p.Nk);
             blas::gemm_bf16(rows, cols, p.Dv, dob + i0 * p.do_sn, p.do_sn, head.vt + 2 * j0, p.Nk, false, dS.data(),
                             BK);
@@ -504,7 +489,7 @@ void backward(const AttnParams& p) {
             round_rows(dS.data(), BK, rows, cols, dSb.data(), BK);
             blas::gemm_bf16(rows, p.D, cols + cols % 2, dSb.data(), BK, head.kp + j0 * p.D, p.D, true,
                             dq_acc.data(), p.D);
-            pack_row_pairs(dSb.data(), BK, rows, cols, dSv.data(), BK);
+            vnni::pack_row_pairs(dSb.data(), BK, rows, cols, dSv.data(), BK);
             blas::gemm_bf16(p.D, cols, rows + rows % 2, head.qt + i0, p.Nq + p.Nq % 2, dSv.data(), BK, true,
                             dk + j0, p.Nk);
           } else {
