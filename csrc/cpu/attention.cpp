@@ -43,16 +43,16 @@ at::Tensor operand(const at::Tensor& t, at::ScalarType type) {
 int64_t row_stride(const at::Tensor& t) { return t.size(2) <= 1 ? std::max<int64_t>(t.size(3), 1) : t.stride(2); }
 
 // The bf16 products' operands (AttnParams::bf16), made per (batch, head) in parallel: out is
-// (B, H, *head_shape) contiguous and make(x_head, out_head) fills one head.
-template <typename Make>
+// (B, H, *head_shape) contiguous of type Out and make(x_head, out_head) fills one head.
+template <typename In = at::BFloat16, typename Out = at::BFloat16, typename Make>
 at::Tensor per_head(const at::Tensor& x, std::vector<int64_t> head_shape, const Make& make) {
   const int64_t B = x.size(0), H = x.size(1);
   int64_t per = 1;
   for (int64_t s : head_shape) per *= s;
   head_shape.insert(head_shape.begin(), {B, H});
-  at::Tensor out = at::empty(head_shape, x.options());
-  const auto* src = x.data_ptr<at::BFloat16>();
-  auto* dst = out.data_ptr<at::BFloat16>();
+  at::Tensor out = at::empty(head_shape, x.options().dtype(c10::CppTypeToScalarType<Out>::value));
+  const auto* src = x.data_ptr<In>();
+  auto* dst = out.data_ptr<Out>();
   at::parallel_for(0, B * H, 1, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) make(src + (i / H) * x.stride(0) + (i % H) * x.stride(1), dst + i * per);
   });
@@ -76,6 +76,12 @@ at::Tensor vnni_pairs(const at::Tensor& x) {
 at::Tensor transposed(const at::Tensor& x) {
   const int64_t N = x.size(2), X = x.size(3), N2 = N + N % 2, ld = row_stride(x);
   return per_head(x, {X, N2}, [&](const at::BFloat16* s, at::BFloat16* d) { vnni::transpose(s, ld, N, X, d, N2); });
+}
+
+// x (B, H, X, N) float32 -> x^T (B, H, N, X) bfloat16: the bf16 backward's dK^T / dV^T as dK / dV
+at::Tensor untransposed_bf16(const at::Tensor& x) {
+  const int64_t X = x.size(2), N = x.size(3), ld = x.stride(2);
+  return per_head<float, at::BFloat16>(x, {N, X}, [&](const float* s, at::BFloat16* d) { vnni::transpose(s, ld, X, N, d, X); });
 }
 
 AttnParams make_params(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const AttnOptions& opt,
@@ -198,7 +204,7 @@ std::vector<at::Tensor> attention_bwd(const at::Tensor& dout_in, const at::Tenso
     dk = dk_parts.unflatten(1, {p.Hkv, parts}).sum(2);
     dv = dv_parts.unflatten(1, {p.Hkv, parts}).sum(2);
   }
-  if (p.bf16) dk = dk.transpose(2, 3), dv = dv.transpose(2, 3);
+  if (p.bf16) dk = untransposed_bf16(dk), dv = untransposed_bf16(dv);
   const auto result = [](const at::Tensor& t, const at::Tensor& like) {
     return t.to(like.scalar_type(), false, false, at::MemoryFormat::Contiguous);
   };

@@ -43,18 +43,18 @@ inline void pack_col_pairs(const c10::BFloat16* x, int64_t ld, int64_t rows, int
   }
 }
 
-// x^T for a rows x cols matrix x (row stride ld): out (cols x rows_out) row-major, zeros in
-// columns rows .. rows_out.
-inline void transpose(const c10::BFloat16* x, int64_t ld, int64_t rows, int64_t cols, c10::BFloat16* out,
-                      int64_t rows_out) {
+// x^T for a rows x cols matrix x (row stride ld): out (cols x rows_out) row-major, converted to
+// Out, zeros in columns rows .. rows_out.
+template <typename In, typename Out>
+void transpose(const In* x, int64_t ld, int64_t rows, int64_t cols, Out* out, int64_t rows_out) {
   constexpr int64_t kBlock = 64;
   for (int64_t r0 = 0; r0 < rows; r0 += kBlock) {
     const int64_t r1 = r0 + kBlock < rows ? r0 + kBlock : rows;
     for (int64_t c = 0; c < cols; ++c)
-      for (int64_t r = r0; r < r1; ++r) out[c * rows_out + r] = x[r * ld + c];
+      for (int64_t r = r0; r < r1; ++r) out[c * rows_out + r] = Out(x[r * ld + c]);
   }
   for (int64_t c = 0; c < cols; ++c)
-    for (int64_t r = rows; r < rows_out; ++r) out[c * rows_out + r] = c10::BFloat16(0.0f);
+    for (int64_t r = rows; r < rows_out; ++r) out[c * rows_out + r] = Out(0.0f);
 }
 
 }  // namespace zenattn::cpu::vnni
