@@ -34,14 +34,19 @@ def _link(stem: str, label: str) -> str:
     return f"[{label}](benchmarks/results/{stem}.md)"
 
 
-def _runs(stem: str) -> list[tuple[str, dict]]:
-    """(letter, results) of every committed run ``<stem>-run-<letter>.json``, in order."""
-    paths = sorted(RESULTS.glob(f"{stem}-run-*.json"))
-    return [(p.stem.rsplit("-", 1)[1], json.loads(p.read_text())) for p in paths]
+def _runs(kind: str) -> list[tuple[str, dict]]:
+    """(letter, results) of every committed run ``<kind>-<date>-run-<letter>.json``, by date and
+    letter; the letters run on across dates. Each results dict gets its file's stem as "_stem"."""
+    runs = []
+    for path in sorted(RESULTS.glob(f"{kind}-????-??-??-run-*.json")):
+        data = json.loads(path.read_text())
+        data["_stem"] = path.stem
+        runs.append((path.stem.rsplit("-", 1)[1], data))
+    return runs
 
 
-def _runs_sentence(stem: str, runs: list) -> str:
-    return "Runs " + ", ".join(f"{_link(f'{stem}-run-{k}', k)} ({d['meta']['date'][:16]})" for k, d in runs)
+def _runs_sentence(runs: list) -> str:
+    return "Runs " + ", ".join(f"{_link(d['_stem'], k)} ({d['meta']['date'][:16]})" for k, d in runs)
 
 
 def _versions(meta: dict) -> str:
@@ -90,12 +95,11 @@ def _cell(values: list) -> str:
 
 
 def norm_targets() -> str:
-    stem = "norm-cpu-2026-11-29"
-    runs = _runs(stem)
+    runs = _runs("norm-cpu")
     cols = [(4096, 1024, "fp32"), (4096, 1024, "bf16"), (8192, 4096, "fp32"), (8192, 4096, "bf16")]
     index = [{(r["op"], r["mode"], r["rows"], r["hidden"], r["dtype"]): r for r in d["results"]} for _, d in runs]
     first = runs[0][1]
-    out = [f"{_runs_sentence(stem, runs)}: {first['meta']['device']}; {_versions(first['meta'])}, "
+    out = [f"{_runs_sentence(runs)}: {first['meta']['device']}; {_versions(first['meta'])}, "
            f"{first['meta']['cpu_isa']} kernels. Cell: torch's time / zenattn's, run "
            f"{' / '.join(k for k, _ in runs)} (target in brackets).", "",
            "| op | mode | " + " | ".join(f"{r}×{h} {d}" for r, h, d in cols) + " |", "|---|---" + "|---" * len(cols) + "|"]
@@ -111,12 +115,11 @@ def norm_targets() -> str:
 
 
 def attention_targets() -> str:
-    stem = "attention-cpu-2026-11-29"
-    runs = _runs(stem)
+    runs = _runs("attention-cpu")
     cols = [(1024, 64), (1024, 128), (4096, 64), (4096, 128)]
     index = [{(r["mode"], r["dtype"], r["causal"], r["n"], r["d"]): r for r in d["results"]} for _, d in runs]
     first = runs[0][1]
-    out = [f"{_runs_sentence(stem, runs)}: {first['meta']['device']}; {_versions(first['meta'])}; "
+    out = [f"{_runs_sentence(runs)}: {first['meta']['device']}; {_versions(first['meta'])}; "
            f"{first['meta']['shape']}. Cell: torch SDPA's time / zenattn's, run {' / '.join(k for k, _ in runs)}; "
            f"all {len(first['results'])} cases of each run are in the files.", "",
            "| mode | dtype | causal | " + " | ".join(f"N={n} D={d}" for n, d in cols) + " | target |",
@@ -132,7 +135,7 @@ def attention_targets() -> str:
 
 
 def attention_memory() -> str:
-    rows = _runs("attention-cpu-2026-11-29")[0][1]["memory"]
+    rows = _runs("attention-cpu")[0][1]["memory"]
     out = ["Peak memory of one fp32 forward+backward (B=1, H=8, D=64, non-causal; run a; fresh subprocess, "
            "peak RSS minus the RSS with the inputs allocated; includes the outputs o, dq, dk, dv):", "",
            "| N | zenattn (MiB) | torch SDPA (MiB) | o+dq+dk+dv (MiB) | zenattn growth vs N/2 |", "|---|---|---|---|---|"]
@@ -146,12 +149,11 @@ def attention_memory() -> str:
 
 
 def model_targets() -> str:
-    stem = "model-cpu-2026-11-29"
-    runs = _runs(stem)
+    runs = _runs("model-cpu")
     targets = {"fp32": 1.1, "bf16": 1.5}
     first = runs[0][1]
     letters = " / ".join(k for k, _ in runs)
-    out = [f"{_runs_sentence(stem, runs)}: {_versions(first['meta'])}. One training step (forward, loss, "
+    out = [f"{_runs_sentence(runs)}: {_versions(first['meta'])}. One training step (forward, loss, "
            "backward, clipping, AdamW); speed-up = torch modules' median step / zenattn modules'.", "",
            f"| preset | dtype | B × L | speed-up run {letters} | target | zenattn MFU run {letters} |",
            "|---|---|---|---|---|---|"]
