@@ -394,8 +394,9 @@ void backward(const AttnParams& p) {
     std::vector<T> P(BQ * BK), dS(BQ * BK), dq_acc(BQ * p.D), delta(BQ);
     std::vector<T> Pd(dropout ? BQ * BK : 0), tanh_buf(p.softcap > 0 ? BQ * BK : 0);
     std::vector<uint8_t> keep(dropout ? BQ * BK : 0);
-    // bf16 mode: P and dS rounded (rows x cols, padded to even cols) and packed by row pairs
-    std::vector<at::BFloat16> Pb(kBf16 ? BQ * BK : 0), Pv(kBf16 ? (BQ + 1) * BK : 0);
+    // bf16 mode: P rounded and packed by row pairs, dS rounded (rows x cols, padded to even cols)
+    // and packed by row pairs
+    std::vector<at::BFloat16> Pv(kBf16 ? (BQ + 1) * BK : 0);
     std::vector<at::BFloat16> dSb(kBf16 ? BQ * BK : 0), dSv(kBf16 ? (BQ + 1) * BK : 0);
     std::vector<T> do_row(kBf16 ? p.Dv : 0);
     for (int64_t item = begin; item < end; ++item) {
@@ -456,8 +457,7 @@ void backward(const AttnParams& p) {
           // dP (rows, cols) = dO (rows, Dv) @ V[j0:]^T (Dv, cols)
           if constexpr (kBf16) {  // dV^T (Dv, cols) += dO^T (Dv, rows) @ P_used (rows, cols)
             const int64_t rows2 = rows + rows % 2;
-            round_rows(p_used, BK, rows, cols, Pb.data(), BK);
-            vnni::pack_row_pairs(Pb.data(), BK, rows, cols, Pv.data(), BK);
+            vnni::round_row_pairs(p_used, BK, rows, cols, Pv.data(), BK);
             blas::gemm_bf16(p.Dv, cols, rows2, head.dot + i0, p.Nq + p.Nq % 2, Pv.data(), BK, true, dv + j0, p.Nk);
             blas::gemm_bf16(rows, cols, p.Dv, dob + i0 * p.do_sn, p.do_sn, head.vt + 2 * j0, p.Nk, false, dS.data(),
                             BK);

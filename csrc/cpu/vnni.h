@@ -31,6 +31,28 @@ inline void pack_row_pairs(const c10::BFloat16* x, int64_t ld, int64_t rows, int
   }
 }
 
+// bf16(f) (round to nearest even, as c10::BFloat16) in the upper 16 bits; NaN stays NaN.
+inline uint32_t bf16_bits(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, sizeof(u));
+  return (u & 0x7FFFFFFFu) > 0x7F800000u ? (u | 0x00400000u) : u + 0x7FFFu + ((u >> 16) & 1u);
+}
+
+// pack_row_pairs of the float matrix x rounded to bf16, in one pass.
+inline void round_row_pairs(const float* x, int64_t ld, int64_t rows, int64_t cols, c10::BFloat16* out,
+                            int64_t ld_out) {
+  for (int64_t r = 0; r < rows; r += 2) {
+    const float* a = x + r * ld;
+    const float* b = x + (r + 1) * ld;
+    auto* o = reinterpret_cast<uint32_t*>(out + r * ld_out);
+    if (r + 1 < rows) {
+      for (int64_t c = 0; c < cols; ++c) o[c] = (bf16_bits(a[c]) >> 16) | (bf16_bits(b[c]) & 0xFFFF0000u);
+    } else {
+      for (int64_t c = 0; c < cols; ++c) o[c] = bf16_bits(a[c]) >> 16;
+    }
+  }
+}
+
 // x^T for a rows x cols matrix x (row stride ld, cols even) as a product's B operand: element
 // (c, r) of x^T at out[(c / 2) * 2 * rows + 2 * r + c % 2], i.e. x's column pairs transposed.
 inline void pack_col_pairs(const c10::BFloat16* x, int64_t ld, int64_t rows, int64_t cols, c10::BFloat16* out) {
