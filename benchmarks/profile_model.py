@@ -6,7 +6,8 @@
 The same models and steps as benchmarks/bench_model.py, run under torch.profiler (CPU activities)
 for a few steps after warm-up. Each op's self time is put in one family (matmul, attention, norm,
 other) and reported in ms per step for both builds, so the speed-up of bench_model.py can be read
-off the part of the step zenattn replaces. The profiler adds its own overhead to every op: read the
+off the part of the step zenattn replaces (zenattn's eager calls show up as its autograd Functions,
+``<op>_eager`` and ``<op>_eagerBackward``). The profiler adds its own overhead to every op: read the
 families against each other, not as absolute step times.
 """
 

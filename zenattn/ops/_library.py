@@ -32,18 +32,15 @@ def register_autograd(op, impl, setup_context, backward):
       LayerNorm (~70 us)."""
     torch.library.register_autograd(op._name, backward, setup_context=setup_context, lib=lib)
 
-    class Eager(torch.autograd.Function):
-        @staticmethod
-        def forward(ctx, *args):
-            output = impl(*args)
-            setup_context(ctx, args, output)
-            return output
+    def forward(ctx, *args):
+        output = impl(*args)
+        setup_context(ctx, args, output)
+        return output
 
-        @staticmethod
-        def backward(ctx, *grads):
-            return backward(ctx, *grads)
-
-    Eager.__name__ = f"{op._opname}_eager"
+    # Built with its name (not renamed afterwards) so that its backward node, which autograd names
+    # when the class is created, reads "<op>_eagerBackward" in profiles too.
+    Eager = type(f"{op._opname}_eager", (torch.autograd.Function,),
+                 {"forward": staticmethod(forward), "backward": staticmethod(lambda ctx, *grads: backward(ctx, *grads))})
 
     def call(*args):
         tensors = _tensors(args)
