@@ -544,12 +544,13 @@ def test_every_cpu_isa_build_and_gemm_path(isa, blas):
                  dict(softcap=3.0, alibi_slopes=torch.tensor([0.5, 0.25, 0.125, 0.1]))]
         for dtype, tol in ((torch.float32, 1e-5), (torch.bfloat16, 3e-2), (torch.float64, 1e-12)):
             for kw in cases:
-                q = torch.randn(2, 4, 37, 24).to(dtype).requires_grad_(True)
+                # 67 queries: enough for bf16's bf16 products (kBf16MinQueries, csrc/cpu/attention.cpp)
+                q = torch.randn(2, 4, 67, 24).to(dtype).requires_grad_(True)
                 k = torch.randn(2, 2, 45, 24).to(dtype).requires_grad_(True)   # GQA, Nk != Nq
                 # Dv != D; odd Dv keeps bf16 off the bf16 products (VNNI pairs), 16 puts it on them
                 dv = 16 if kw.get("window") or kw.get("softcap") else 17
                 v = torch.randn(2, 2, 45, dv).to(dtype).requires_grad_(True)
-                dy = torch.randn(2, 4, 37, dv).to(dtype)
+                dy = torch.randn(2, 4, 67, dv).to(dtype)
                 out = zenattn.attention(q, k, v, backend="cpu", **kw)
                 ref_in = [t.detach().double().requires_grad_(True) for t in (q, k, v)]
                 ref = attention_ref(*ref_in, **kw)
@@ -589,6 +590,30 @@ def _cpu_has_avx512_bf16():
             return "avx512_bf16" in f.read()
     except OSError:
         return False
+
+
+def test_bf16_decoding_keeps_the_fp32_products():
+    """Under kBf16MinQueries queries bfloat16 takes the fp32 products (no per-call packs, no oneDNN
+    kernel compiled for each new key count while decoding): its result is then bitwise the one
+    ZENATTN_CPU_BF16_GEMM=0 gives, which the subprocess checks against this process's."""
+    torch.manual_seed(0)
+    q = torch.randn(1, 4, 1, 32, dtype=torch.bfloat16)
+    k, v = (torch.randn(1, 4, 301, 32, dtype=torch.bfloat16) for _ in range(2))
+    out = zenattn.attention(q, k, v, causal=True, alignment="bottom_right", backend="cpu")
+    ref = attention_ref(q.double(), k.double(), v.double(), causal=True, alignment="bottom_right")
+    assert (out.double() - ref).abs().max() < 1e-2
+    code = textwrap.dedent(f"""
+        import torch, zenattn
+        torch.manual_seed(0)
+        q = torch.randn(1, 4, 1, 32, dtype=torch.bfloat16)
+        k, v = (torch.randn(1, 4, 301, 32, dtype=torch.bfloat16) for _ in range(2))
+        out = zenattn.attention(q, k, v, causal=True, alignment="bottom_right", backend="cpu")
+        assert torch.equal(out, torch.tensor({out.float().tolist()}).to(torch.bfloat16))
+        print("ok")
+    """)
+    env = dict(os.environ, ZENATTN_CPU_BF16_GEMM="0")
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and proc.stdout.split()[-1] == "ok", proc.stderr[-3000:]
 
 
 @pytest.mark.parametrize("kw", [dict(), dict(causal=True), dict(window=(7, 3), dropout_p=0.2),
