@@ -175,12 +175,12 @@ std::vector<at::Tensor> attention_bwd(const at::Tensor& dout_in, const at::Tenso
   const at::Tensor o = operand(out_in, p.dtype);
   const at::Tensor dlse = dlse_in.has_value() ? dlse_in->to(p.dtype).contiguous() : at::Tensor();
   const at::Tensor lse = lse_in.to(p.dtype).contiguous();
-  at::Tensor packs[5];
+  at::Tensor kt_pack, vt_pack, k_pack, q_t, do_t;
   if (p.bf16) {
-    packs[0] = vnni_pairs_t(k), packs[1] = vnni_pairs_t(v), packs[2] = vnni_pairs(k);
-    packs[3] = transposed(q), packs[4] = transposed(dout);
-    p.kt_pack = packs[0].data_ptr(), p.vt_pack = packs[1].data_ptr(), p.k_pack = packs[2].data_ptr();
-    p.q_t = packs[3].data_ptr(), p.do_t = packs[4].data_ptr();
+    kt_pack = vnni_pairs_t(k), vt_pack = vnni_pairs_t(v), k_pack = vnni_pairs(k);
+    q_t = transposed(q), do_t = transposed(dout);
+    p.kt_pack = kt_pack.data_ptr(), p.vt_pack = vt_pack.data_ptr(), p.k_pack = k_pack.data_ptr();
+    p.q_t = q_t.data_ptr(), p.do_t = do_t.data_ptr();
   }
   p.lse = const_cast<void*>(lse.data_ptr());
   p.dout = dout.data_ptr();

@@ -252,13 +252,12 @@ struct Head {
   // S[r, c] (row stride ld) = score of query i0 + r and key j0 + c, masked scores -inf. With
   // softcap, tanh_out[r, c] receives tanh(raw / softcap), which the backward differentiates.
   void scores(T* S, int64_t ld, int64_t i0, int64_t rows, int64_t j0, int64_t cols, T* tanh_out) const {
-    if constexpr (std::is_same_v<T, float>) {
+    if constexpr (std::is_same_v<T, float>) {  // bf16 mode computes in float only
       if (p.bf16) blas::gemm_bf16(rows, cols, p.D, qb + i0 * p.q_sn, p.q_sn, kt + 2 * j0, p.Nk, false, S, ld);
     }
-    if (!p.bf16) {
+    if (!p.bf16)
       blas::gemm(false, true, rows, cols, p.D, T(p.scale), q + i0 * p.q_sn, p.q_sn, k + j0 * p.k_sn, p.k_sn,
                  T(0), S, ld);
-    }
     for (int64_t r = 0; r < rows; ++r) {
       T* s = S + r * ld;
       const int64_t i = i0 + r;
@@ -457,7 +456,7 @@ void backward(const AttnParams& p) {
           // dP (rows, cols) = dO (rows, Dv) @ V[j0:]^T (Dv, cols)
           if constexpr (kBf16) {  // dV^T (Dv, cols) += dO^T (Dv, rows) @ P_used (rows, cols)
             const int64_t rows2 = rows + rows % 2;
-            vnni::round_row_pairs(p_used, BK, rows, cols, Pv.data(), BK);
+            vnni::pack_row_pairs(p_used, BK, rows, cols, Pv.data(), BK);
             blas::gemm_bf16(p.Dv, cols, rows2, head.dot + i0, p.Nq + p.Nq % 2, Pv.data(), BK, true, dv + j0, p.Nk);
             blas::gemm_bf16(rows, cols, p.Dv, dob + i0 * p.do_sn, p.do_sn, head.vt + 2 * j0, p.Nk, false, dS.data(),
                             BK);

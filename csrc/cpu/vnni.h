@@ -8,27 +8,15 @@
 #include <cstring>
 
 namespace zenattn::cpu::vnni {
+// Internal linkage: the per-ISA kernel files include this too, each compiled with its own
+// instruction set; shared (COMDAT) copies could let the linker hand an AVX-512 build of a helper
+// to the DEFAULT or AVX2 kernels.
+namespace {
 
 inline uint32_t load_pair(const c10::BFloat16* p) {
   uint32_t u;
   std::memcpy(&u, p, sizeof(u));
   return u;
-}
-
-// rows x cols matrix x (row stride ld) as a product's B operand: element (r, c) at
-// out[(r / 2) * 2 * ld_out + 2 * c + r % 2], with a zero row added when rows is odd.
-inline void pack_row_pairs(const c10::BFloat16* x, int64_t ld, int64_t rows, int64_t cols, c10::BFloat16* out,
-                           int64_t ld_out) {
-  for (int64_t r = 0; r < rows; r += 2) {
-    const auto* a = reinterpret_cast<const uint16_t*>(x + r * ld);
-    const auto* b = reinterpret_cast<const uint16_t*>(x + (r + 1) * ld);
-    auto* o = reinterpret_cast<uint32_t*>(out + r * ld_out);
-    if (r + 1 < rows) {
-      for (int64_t c = 0; c < cols; ++c) o[c] = uint32_t(a[c]) | (uint32_t(b[c]) << 16);
-    } else {
-      for (int64_t c = 0; c < cols; ++c) o[c] = uint32_t(a[c]);
-    }
-  }
 }
 
 // bf16(f) (round to nearest even, as c10::BFloat16) in the upper 16 bits; NaN stays NaN.
@@ -38,17 +26,23 @@ inline uint32_t bf16_bits(float f) {
   return (u & 0x7FFFFFFFu) > 0x7F800000u ? (u | 0x00400000u) : u + 0x7FFFu + ((u >> 16) & 1u);
 }
 
-// pack_row_pairs of the float matrix x rounded to bf16, in one pass.
-inline void round_row_pairs(const float* x, int64_t ld, int64_t rows, int64_t cols, c10::BFloat16* out,
-                            int64_t ld_out) {
+// The 16 bits of x as bf16 (a float is rounded).
+inline uint32_t bf16_pattern(c10::BFloat16 x) { return x.x; }
+inline uint32_t bf16_pattern(float x) { return bf16_bits(x) >> 16; }
+
+// rows x cols matrix x (row stride ld; bf16, or float rounded to bf16 on the way) as a product's B
+// operand: element (r, c) at out[(r / 2) * 2 * ld_out + 2 * c + r % 2], with a zero row added when
+// rows is odd.
+template <typename T>
+void pack_row_pairs(const T* x, int64_t ld, int64_t rows, int64_t cols, c10::BFloat16* out, int64_t ld_out) {
   for (int64_t r = 0; r < rows; r += 2) {
-    const float* a = x + r * ld;
-    const float* b = x + (r + 1) * ld;
+    const T* a = x + r * ld;
+    const T* b = x + (r + 1) * ld;
     auto* o = reinterpret_cast<uint32_t*>(out + r * ld_out);
     if (r + 1 < rows) {
-      for (int64_t c = 0; c < cols; ++c) o[c] = (bf16_bits(a[c]) >> 16) | (bf16_bits(b[c]) & 0xFFFF0000u);
+      for (int64_t c = 0; c < cols; ++c) o[c] = bf16_pattern(a[c]) | (bf16_pattern(b[c]) << 16);
     } else {
-      for (int64_t c = 0; c < cols; ++c) o[c] = bf16_bits(a[c]) >> 16;
+      for (int64_t c = 0; c < cols; ++c) o[c] = bf16_pattern(a[c]);
     }
   }
 }
@@ -79,4 +73,5 @@ void transpose(const In* x, int64_t ld, int64_t rows, int64_t cols, Out* out, in
     for (int64_t r = rows; r < rows_out; ++r) out[c * rows_out + r] = Out(0.0f);
 }
 
+}  // namespace
 }  // namespace zenattn::cpu::vnni
