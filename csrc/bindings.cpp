@@ -227,6 +227,7 @@ py::dict build_info() {
   d["cpu_isa"] = zenattn::cpu::kernel_isa();
   d["cpu_blas"] = zenattn::cpu::blas::backend_name();
   d["cpu_bf16_gemm"] = zenattn::cpu::blas::bf16_available();
+  d["cpu_f32_brgemm"] = zenattn::cpu::blas::f32_brgemm_available();
   return d;
 }
 

@@ -532,8 +532,10 @@ def test_result_independent_of_thread_count(dtype):
     ("avx512", "aten"),  # the at::mm fallback for a torch that exports no BLAS symbols
 ])
 def test_every_cpu_isa_build_and_gemm_path(isa, blas):
-    """ATEN_CPU_CAPABILITY picks which kernel build runs and ZENATTN_CPU_BLAS=aten forces the
-    fallback matrix products; each combination must match the float64 reference, forward and grads."""
+    """ATEN_CPU_CAPABILITY picks which kernel build runs, ZENATTN_CPU_BLAS=aten (with
+    ZENATTN_CPU_BRGEMM=0) forces the fallback matrix products; each combination must match the
+    float64 reference, forward and grads. With 67 queries fp32 runs on fp32 brgemm where this torch
+    has it, and bf16 with even dims on bf16 brgemm."""
     code = textwrap.dedent("""
         import torch, zenattn
         from zenattn.reference import attention_ref
@@ -544,7 +546,7 @@ def test_every_cpu_isa_build_and_gemm_path(isa, blas):
                  dict(softcap=3.0, alibi_slopes=torch.tensor([0.5, 0.25, 0.125, 0.1]))]
         for dtype, tol in ((torch.float32, 1e-5), (torch.bfloat16, 3e-2), (torch.float64, 1e-12)):
             for kw in cases:
-                # 67 queries: enough for bf16's bf16 products (kBf16MinQueries, csrc/cpu/attention.cpp)
+                # 67 queries: enough for the brgemm products (kBrgemmMinQueries, csrc/cpu/attention.cpp)
                 q = torch.randn(2, 4, 67, 24).to(dtype).requires_grad_(True)
                 k = torch.randn(2, 2, 45, 24).to(dtype).requires_grad_(True)   # GQA, Nk != Nq
                 # Dv != D; odd Dv keeps bf16 off the bf16 products (VNNI pairs), 16 puts it on them
@@ -574,6 +576,7 @@ def test_every_cpu_isa_build_and_gemm_path(isa, blas):
     env = dict(os.environ, ATEN_CPU_CAPABILITY=isa)
     if blas == "aten":
         env["ZENATTN_CPU_BLAS"] = "aten"
+        env["ZENATTN_CPU_BRGEMM"] = "0"
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     ran_isa, ran_blas, status = proc.stdout.split()
@@ -593,9 +596,9 @@ def _cpu_has_avx512_bf16():
 
 
 def test_bf16_decoding_keeps_the_fp32_products():
-    """Under kBf16MinQueries queries bfloat16 takes the fp32 products (no per-call packs, no oneDNN
-    kernel compiled for each new key count while decoding): its result is then bitwise the one
-    ZENATTN_CPU_BF16_GEMM=0 gives, which the subprocess checks against this process's."""
+    """Under kBrgemmMinQueries queries bfloat16 takes the fp32 sgemm products (no per-call packs, no
+    oneDNN kernel compiled for each new key count while decoding): its result is then bitwise the
+    one ZENATTN_CPU_BRGEMM=0 gives, which the subprocess checks against this process's."""
     torch.manual_seed(0)
     q = torch.randn(1, 4, 1, 32, dtype=torch.bfloat16)
     k, v = (torch.randn(1, 4, 301, 32, dtype=torch.bfloat16) for _ in range(2))
@@ -611,7 +614,7 @@ def test_bf16_decoding_keeps_the_fp32_products():
         assert torch.equal(out, torch.tensor({out.float().tolist()}).to(torch.bfloat16))
         print("ok")
     """)
-    env = dict(os.environ, ZENATTN_CPU_BF16_GEMM="0")
+    env = dict(os.environ, ZENATTN_CPU_BRGEMM="0")
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0 and proc.stdout.split()[-1] == "ok", proc.stderr[-3000:]
 
@@ -620,7 +623,7 @@ def test_bf16_decoding_keeps_the_fp32_products():
                                 dict(softcap=2.0, alibi_slopes=torch.tensor([0.3, 0.1]))])
 def test_bf16_products_and_their_fallbacks(kw):
     """bfloat16 with even head dims runs its tile products on oneDNN's bf16 brgemm
-    (csrc/cpu/blas.cpp, gemm_bf16) when torch's oneDNN is on; with torch.backends.mkldnn off the
+    (csrc/cpu/blas.cpp, brgemm) when torch's oneDNN is on; with torch.backends.mkldnn off the
     same call must take the fp32 products instead (brgemm would read the packed operands wrongly),
     and both must match the float64 reference. Odd sizes exercise the zero padding of VNNI pairs."""
     if not zenattn.info()["extension"].get("cpu_bf16_gemm"):
@@ -651,6 +654,64 @@ def test_bf16_products_and_their_fallbacks(kw):
             assert rel < 2e-2, (name, rel)
     # the two paths round differently (bf16 P and dS against fp32 ones): the switch took effect
     assert not torch.equal(results[0][1], results[1][1])
+
+
+_F32_CASES = [dict(), dict(causal=True, alignment="bottom_right"), dict(window=(7, 3), dropout_p=0.2),
+              dict(softcap=2.0, alibi_slopes=torch.tensor([0.3, 0.1]))]
+
+
+def _f32_products_run(dtype_name, cases):
+    """out, dq, dk, dv of each case (fp32 or fp16 inputs, GQA, odd Nk and Dv) as float64 lists."""
+    torch.manual_seed(0)
+    dtype = getattr(torch, dtype_name)
+    q = torch.randn(1, 2, 67, 24).to(dtype).requires_grad_(True)
+    k = torch.randn(1, 1, 93, 24).to(dtype).requires_grad_(True)
+    v = torch.randn(1, 1, 93, 17).to(dtype).requires_grad_(True)
+    dy = torch.randn(1, 2, 67, 17).to(dtype)
+    results = []
+    for kw in cases:
+        torch.manual_seed(1)
+        out = zenattn.attention(q, k, v, backend="cpu", **kw)
+        results.append([t.double() for t in (out, *torch.autograd.grad(out, (q, k, v), dy))])
+    return (q, k, v, dy), results
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_f32_brgemm_products_and_sgemm(dtype):
+    """fp32 tile products (fp16 inputs are computed in fp32) run on oneDNN's fp32 brgemm
+    (csrc/cpu/blas.cpp) from kBrgemmMinQueries queries on; ZENATTN_CPU_BRGEMM=0 keeps them on
+    sgemm_. Both paths, the second in a subprocess, must match the float64 reference on every
+    variant of the score (causal, window, dropout, softcap, ALiBi), and they must differ (the
+    products round differently), which shows the switch took effect."""
+    if not zenattn.info()["extension"].get("cpu_f32_brgemm"):
+        if torch.torch_version.TorchVersion(torch.__version__) >= "2.13":
+            pytest.fail("torch >= 2.13 has fp32 brgemm, but zenattn's fp32 brgemm products are off")
+        pytest.skip("no fp32 brgemm in this torch: the fp32 products are sgemm_")
+    (q, k, v, dy), brgemm = _f32_products_run(dtype, _F32_CASES)
+    code = textwrap.dedent(f"""
+        import sys, torch
+        sys.path.insert(0, {os.path.dirname(__file__)!r})
+        from test_attention_edge_cases import _F32_CASES, _f32_products_run
+        print(repr([[t.tolist() for t in r] for r in _f32_products_run({dtype!r}, _F32_CASES)[1]]))
+    """)
+    env = dict(os.environ, ZENATTN_CPU_BRGEMM="0")
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    sgemm = [[torch.tensor(t, dtype=torch.float64) for t in r] for r in eval(proc.stdout)]
+    ref_in = [t.detach().double().requires_grad_(True) for t in (q, k, v)]
+    tol = 1e-5 if dtype == "float32" else 2e-3
+    for kw, got_b, got_s in zip(_F32_CASES, brgemm, sgemm):
+        keep = None
+        if kw.get("dropout_p"):
+            torch.manual_seed(1)
+            keep = dropout_keep_ref(int(draw_seed()), 1, 2, 67, 93, kw["dropout_p"])
+        ref = attention_ref(*ref_in, **kw, **({"dropout_keep": keep} if keep is not None else {}))
+        want = (ref, *torch.autograd.grad(ref, ref_in, dy.double()))
+        for got in (got_b, got_s):
+            for g, r, name in zip(got, want, ("out", "dq", "dk", "dv")):
+                rel = (g - r).abs().max().item() / (1 + r.abs().max().item())
+                assert rel < tol, (kw, name, rel)
+        assert not torch.equal(got_b[1], got_s[1]), kw
 
 
 @pytest.mark.parametrize("b, hq, hkv, nq", [

@@ -16,7 +16,21 @@
 #define ZENATTN_HD inline
 #endif
 
+// The CPU kernels include this from files compiled once per instruction set (DEFAULT, AVX2,
+// AVX512), and DropoutRng::keep_flags differs between them. An inline namespace named after the
+// build's vector code gives each its own symbols (still spelled zenattn::DropoutRng): otherwise the
+// linker could keep one build's copy of an inline function for all of them (an ODR violation: the
+// AVX-512 copy on a CPU without AVX-512, or the scalar one everywhere).
+#if !defined(__CUDACC__) && defined(__AVX512F__)
+#define ZENATTN_PHILOX_NS philox_avx512
+#elif !defined(__CUDACC__) && defined(__AVX2__)
+#define ZENATTN_PHILOX_NS philox_avx2
+#else
+#define ZENATTN_PHILOX_NS philox_scalar
+#endif
+
 namespace zenattn {
+inline namespace ZENATTN_PHILOX_NS {
 
 struct Philox4 {
   uint32_t v[4];
@@ -180,4 +194,7 @@ struct DropoutRng {
 #endif
 };
 
+}  // inline namespace ZENATTN_PHILOX_NS
 }  // namespace zenattn
+
+#undef ZENATTN_PHILOX_NS

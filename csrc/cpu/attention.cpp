@@ -20,16 +20,24 @@ void run_bwd(const AttnParams& p) { ZENATTN_ISA_DISPATCH(attention_bwd_kernel, p
 // float for float32/float16/bfloat16 (half types are converted once, O(N * D)), double for float64.
 at::ScalarType compute_type(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
 
-// bfloat16 attention runs in bf16 mode (AttnParams::bf16) where oneDNN's bf16 products are usable,
-// the head dims are even (VNNI pairs along them) and there are enough queries to pay for it: the
-// packs copy all of K and V each call, and oneDNN compiles a kernel for every new product shape,
-// which decoding against a growing cache (one query, a new key count each step) would do at every
-// step: measured on the project's VM (8 heads, D 64, 300-500 keys) 5.3 ms a step against 0.3 ms on
-// the fp32 products.
-constexpr int64_t kBf16MinQueries = 64;
-bool bf16_mode(const at::Tensor& q, const at::Tensor& v) {
-  return q.scalar_type() == at::kBFloat16 && q.size(2) >= kBf16MinQueries && q.size(3) % 2 == 0 &&
-         v.size(3) % 2 == 0 && blas::bf16_available();
+// The tile products (AttnParams::products): oneDNN's brgemm where this torch has it and there are
+// enough queries to pay for it. The packs copy all of K and V each call, and oneDNN compiles a
+// kernel for every new product shape, which decoding against a growing cache (one query, a new key
+// count each step) would do at every step: measured on the project's VM (bf16, 8 heads, D 64,
+// 300-500 keys) 5.3 ms a step against 0.3 ms on sgemm_. bf16 brgemm also needs even head dims
+// (VNNI pairs along them); bfloat16 inputs that cannot have it, like float16, are converted to fp32
+// once (O(N * D)) and take the fp32 products.
+constexpr int64_t kBrgemmMinQueries = 64;
+Products products_for(const at::Tensor& q, const at::Tensor& v) {
+  if (q.scalar_type() == at::kDouble || q.size(2) < kBrgemmMinQueries) return Products::blas;
+  if (q.scalar_type() == at::kBFloat16 && q.size(3) % 2 == 0 && v.size(3) % 2 == 0 && blas::bf16_available())
+    return Products::brgemm_bf16;
+  return blas::f32_brgemm_available() ? Products::brgemm_f32 : Products::blas;
+}
+
+// The type the kernels read q, k, v and dout as.
+at::ScalarType operand_type(Products products, const at::Tensor& q) {
+  return products == Products::brgemm_bf16 ? at::kBFloat16 : compute_type(q.scalar_type());
 }
 
 // t (B, H, N, X) as type `type` with a unit last stride and a row stride BLAS accepts. Tensors
@@ -48,9 +56,9 @@ at::Tensor operand(const at::Tensor& t, at::ScalarType type) {
 // it is never stepped over but still reaches BLAS as a leading dimension.
 int64_t row_stride(const at::Tensor& t) { return t.size(2) <= 1 ? std::max<int64_t>(t.size(3), 1) : t.stride(2); }
 
-// The bf16 products' operands (AttnParams::bf16), made per (batch, head) in parallel: out is
+// The brgemm products' operands (AttnParams::products), made per (batch, head) in parallel: out is
 // (B, H, *head_shape) contiguous of type Out and make(x_head, out_head) fills one head.
-template <typename In = at::BFloat16, typename Out = at::BFloat16, typename Make>
+template <typename In = at::BFloat16, typename Out = In, typename Make>
 at::Tensor per_head(const at::Tensor& x, std::vector<int64_t> head_shape, const Make& make) {
   const int64_t B = x.size(0), H = x.size(1);
   int64_t per = 1;
@@ -78,10 +86,12 @@ at::Tensor vnni_pairs(const at::Tensor& x) {
                   [&](const at::BFloat16* s, at::BFloat16* d) { vnni::pack_row_pairs(s, ld, N, X, d, X); });
 }
 
-// x (B, H, N, X) -> x^T (B, H, X, N2), zero columns past N
-at::Tensor transposed(const at::Tensor& x) {
-  const int64_t N = x.size(2), X = x.size(3), N2 = N + N % 2, ld = row_stride(x);
-  return per_head(x, {X, N2}, [&](const at::BFloat16* s, at::BFloat16* d) { vnni::transpose(s, ld, N, X, d, N2); });
+// x (B, H, N, X) -> x^T (B, H, X, N_out) of x's type (float or bfloat16), zero columns past N
+at::Tensor transposed(const at::Tensor& x, int64_t N_out) {
+  const int64_t N = x.size(2), X = x.size(3), ld = row_stride(x);
+  const auto make = [&](const auto* s, auto* d) { vnni::transpose(s, ld, N, X, d, N_out); };
+  if (x.scalar_type() == at::kFloat) return per_head<float>(x, {X, N_out}, make);
+  return per_head(x, {X, N_out}, make);
 }
 
 // x (B, H, X, N) float32 -> x^T (B, H, N, X) bfloat16: the bf16 backward's dK^T / dV^T as dK / dV
@@ -90,11 +100,11 @@ at::Tensor untransposed_bf16(const at::Tensor& x) {
   return per_head<float, at::BFloat16>(x, {N, X}, [&](const float* s, at::BFloat16* d) { vnni::transpose(s, ld, X, N, d, X); });
 }
 
-AttnParams make_params(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const AttnOptions& opt,
-                       at::Tensor& mask_holder, at::Tensor& alibi_holder) {
+AttnParams make_params(Products products, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                       const AttnOptions& opt, at::Tensor& mask_holder, at::Tensor& alibi_holder) {
   AttnParams p{};
   p.dtype = compute_type(q.scalar_type());
-  p.bf16 = q.scalar_type() == at::kBFloat16;  // the operands are bf16 only in bf16 mode
+  p.products = products;
   p.B = q.size(0);
   p.Hq = q.size(1);
   p.Hkv = k.size(1);
@@ -141,16 +151,19 @@ AttnParams make_params(const at::Tensor& q, const at::Tensor& k, const at::Tenso
 
 std::vector<at::Tensor> attention_fwd(const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in,
                                       const AttnOptions& opt) {
-  const at::ScalarType type = bf16_mode(q_in, v_in) ? at::kBFloat16 : compute_type(q_in.scalar_type());
+  const Products products = products_for(q_in, v_in);
+  const at::ScalarType type = operand_type(products, q_in);
   const at::Tensor q = operand(q_in, type), k = operand(k_in, type), v = operand(v_in, type);
   at::Tensor mask_holder, alibi_holder, kt_pack, v_pack;
-  AttnParams p = make_params(q, k, v, opt, mask_holder, alibi_holder);
-  if (p.bf16) {
+  AttnParams p = make_params(products, q, k, v, opt, mask_holder, alibi_holder);
+  if (products == Products::brgemm_bf16) {
     kt_pack = vnni_pairs_t(k);
     v_pack = vnni_pairs(v);
-    p.kt_pack = kt_pack.data_ptr();
-    p.v_pack = v_pack.data_ptr();
+  } else if (products == Products::brgemm_f32) {
+    kt_pack = transposed(k, p.Nk);
   }
+  p.kt_pack = kt_pack.defined() ? kt_pack.data_ptr() : nullptr;
+  p.v_pack = v_pack.defined() ? v_pack.data_ptr() : nullptr;
   const auto opts = q.options().dtype(p.dtype);
   at::Tensor out = at::empty({p.B, p.Hq, p.Nq, p.Dv}, opts);
   at::Tensor lse = at::empty({p.B, p.Hq, p.Nq}, opts);
@@ -167,21 +180,25 @@ std::vector<at::Tensor> attention_fwd(const at::Tensor& q_in, const at::Tensor& 
 std::vector<at::Tensor> attention_bwd(const at::Tensor& dout_in, const at::Tensor& q_in, const at::Tensor& k_in,
                                       const at::Tensor& v_in, const at::Tensor& out_in, const at::Tensor& lse_in,
                                       const std::optional<at::Tensor>& dlse_in, const AttnOptions& opt) {
-  const at::ScalarType type = bf16_mode(q_in, v_in) ? at::kBFloat16 : compute_type(q_in.scalar_type());
+  const Products products = products_for(q_in, v_in);
+  const at::ScalarType type = operand_type(products, q_in);
   const at::Tensor q = operand(q_in, type), k = operand(k_in, type), v = operand(v_in, type);
   const at::Tensor dout = operand(dout_in, type);
   at::Tensor mask_holder, alibi_holder;
-  AttnParams p = make_params(q, k, v, opt, mask_holder, alibi_holder);
+  AttnParams p = make_params(products, q, k, v, opt, mask_holder, alibi_holder);
   const at::Tensor o = operand(out_in, p.dtype);
   const at::Tensor dlse = dlse_in.has_value() ? dlse_in->to(p.dtype).contiguous() : at::Tensor();
   const at::Tensor lse = lse_in.to(p.dtype).contiguous();
   at::Tensor kt_pack, vt_pack, k_pack, q_t, do_t;
-  if (p.bf16) {
+  const bool brgemm = products != Products::blas;
+  if (products == Products::brgemm_bf16) {
     kt_pack = vnni_pairs_t(k), vt_pack = vnni_pairs_t(v), k_pack = vnni_pairs(k);
-    q_t = transposed(q), do_t = transposed(dout);
-    p.kt_pack = kt_pack.data_ptr(), p.vt_pack = vt_pack.data_ptr(), p.k_pack = k_pack.data_ptr();
-    p.q_t = q_t.data_ptr(), p.do_t = do_t.data_ptr();
+  } else if (brgemm) {
+    kt_pack = transposed(k, p.Nk), vt_pack = transposed(v, p.Nk);
   }
+  if (brgemm) q_t = transposed(q, p.Nq + p.Nq % 2), do_t = transposed(dout, p.Nq + p.Nq % 2);
+  const auto ptr = [](const at::Tensor& t) -> const void* { return t.defined() ? t.data_ptr() : nullptr; };
+  p.kt_pack = ptr(kt_pack), p.vt_pack = ptr(vt_pack), p.k_pack = ptr(k_pack), p.q_t = ptr(q_t), p.do_t = ptr(do_t);
   p.lse = const_cast<void*>(lse.data_ptr());
   p.dout = dout.data_ptr();
   p.do_sb = dout.stride(0), p.do_sh = dout.stride(1), p.do_sn = row_stride(dout);
@@ -193,9 +210,9 @@ std::vector<at::Tensor> attention_bwd(const at::Tensor& dout_in, const at::Tenso
   // dK/dV per (q head, query chunk): a GQA group's heads and a head's chunks are summed below, in
   // a fixed order. Without GQA and with one chunk they are dK/dV themselves.
   p.q_chunks = attention_bwd_q_chunks(p);
-  // (bf16 mode: dK^T / dV^T, transposed back below)
+  // (brgemm modes: dK^T / dV^T, transposed back below)
   const auto part_shape = [&](int64_t x) {
-    return p.bf16 ? std::vector<int64_t>{p.B, p.Hq * p.q_chunks, x, p.Nk}
+    return brgemm ? std::vector<int64_t>{p.B, p.Hq * p.q_chunks, x, p.Nk}
                   : std::vector<int64_t>{p.B, p.Hq * p.q_chunks, p.Nk, x};
   };
   at::Tensor dk_parts = at::empty(part_shape(p.D), opts);
@@ -210,7 +227,11 @@ std::vector<at::Tensor> attention_bwd(const at::Tensor& dout_in, const at::Tenso
     dk = dk_parts.unflatten(1, {p.Hkv, parts}).sum(2);
     dv = dv_parts.unflatten(1, {p.Hkv, parts}).sum(2);
   }
-  if (p.bf16) dk = untransposed_bf16(dk), dv = untransposed_bf16(dv);
+  if (products == Products::brgemm_bf16) {
+    dk = untransposed_bf16(dk), dv = untransposed_bf16(dv);
+  } else if (brgemm) {
+    dk = dk.transpose(2, 3), dv = dv.transpose(2, 3);  // made contiguous by result()
+  }
   const auto result = [](const at::Tensor& t, const at::Tensor& like) {
     return t.to(like.scalar_type(), false, false, at::MemoryFormat::Contiguous);
   };

@@ -14,11 +14,13 @@
 //
 // Nothing of size Nq x Nk is ever allocated: scratch is a few (query block x key block) tiles per thread.
 //
-// bfloat16 inputs run the same schedule in bf16 mode (AttnParams::bf16) where oneDNN's bf16 brgemm
-// is usable: the products take bf16 operands (the launcher's VNNI packs, and P / dS rounded to bf16
-// per tile), accumulate in fp32, and everything between them (softmax, masks, dS) stays fp32. The
-// backward then computes dK^T and dV^T, so that P and dS are packed by pairs of query rows instead
-// of transposed.
+// The tile products (AttnParams::products) run on BLAS (sgemm_/dgemm_, any operand layout) or on
+// oneDNN's brgemm micro-kernels (blas::brgemm), which take B untransposed (bf16: in VNNI pairs) and
+// apply no scale: the launcher packs K^T, V^T, Q^T and dO^T once per call, the scale is applied to
+// the scores and folded into dS, and the backward computes dK^T and dV^T (dO^T P and Q^T dS, with P
+// and dS as B untransposed: bf16 packs them by pairs of query rows). bf16 brgemm takes bf16
+// operands (the launcher's packs, and P / dS rounded to bf16 per tile) and accumulates in fp32;
+// everything between the products (softmax, masks, dS) stays fp32.
 #include "cpu/attention.h"
 #include "cpu/blas.h"
 #include "cpu/vnni.h"
@@ -204,8 +206,15 @@ void apply_mask_row(T* s, const AttnMask& mask, int64_t b, int64_t h, int64_t i,
 
 // ---- one (batch, head): pointers and the score tile --------------------------------------------
 
-template <typename T>
+// Element type of the products' operands: bfloat16 in brgemm_bf16 mode, T otherwise.
+template <typename T, Products kP>
+using Operand = std::conditional_t<kP == Products::brgemm_bf16, at::BFloat16, T>;
+
+template <typename T, Products kP>
 struct Head {
+  using E = Operand<T, kP>;
+  static constexpr bool kBf16 = kP == Products::brgemm_bf16;
+  static constexpr int64_t kPair = kBf16 ? 2 : 1;  // elements per column of a (VNNI) B pack
   const AttnParams& p;
   int64_t b, h, bh;          // bh = b * Hq + h
   const T* q;                // (Nq, D), row stride p.q_sn
@@ -213,9 +222,11 @@ struct Head {
   const T* v;                // (Nk, Dv), row stride p.v_sn
   T slope;                   // ALiBi slope, 0 without ALiBi
   DropoutRng rng;
-  // bf16 mode (AttnParams::bf16): q rows and this head's packs
-  const at::BFloat16 *qb = nullptr, *kt = nullptr, *vp = nullptr, *vt = nullptr, *kp = nullptr;
-  const at::BFloat16 *qt = nullptr, *dot = nullptr;
+  // brgemm modes: q and dO rows as operands, this head's packs (AttnParams), and V and K as B
+  // operands (bf16: the launcher's VNNI packs; fp32: v and k in place), row r at vb + r * vb_ld
+  const E *qe = nullptr, *doe = nullptr, *kt = nullptr, *vt = nullptr, *qt = nullptr, *dot = nullptr;
+  const E *vb = nullptr, *kb = nullptr;
+  int64_t vb_ld = 0, kb_ld = 0;
 
   Head(const AttnParams& params, int64_t b_, int64_t h_) : p(params), b(b_), h(h_), bh(b_ * params.Hq + h_) {
     const int64_t hk = h / (p.Hq / p.Hkv);
@@ -224,18 +235,24 @@ struct Head {
     v = static_cast<const T*>(p.v) + b * p.v_sb + hk * p.v_sh;
     slope = p.alibi ? static_cast<const T*>(p.alibi)[b * p.alibi_sb + h] : T(0);
     rng = DropoutRng{p.seed, DropoutRng::threshold_for(p.dropout_p)};
-    if (p.bf16) {
+    if constexpr (kP != Products::blas) {
       const int64_t kv = b * p.Hkv + hk, Nk2 = p.Nk + p.Nk % 2, Nq2 = p.Nq + p.Nq % 2;
       const auto at_ = [](const void* base, int64_t offset) {
-        return base ? static_cast<const at::BFloat16*>(base) + offset : nullptr;
+        return base ? static_cast<const E*>(base) + offset : nullptr;
       };
-      qb = at_(p.q, b * p.q_sb + h * p.q_sh);
+      qe = at_(p.q, b * p.q_sb + h * p.q_sh);
+      doe = at_(p.dout, b * p.do_sb + h * p.do_sh);
       kt = at_(p.kt_pack, kv * p.D * p.Nk);
-      vp = at_(p.v_pack, kv * Nk2 * p.Dv);
       vt = at_(p.vt_pack, kv * p.Dv * p.Nk);
-      kp = at_(p.k_pack, kv * Nk2 * p.D);
       qt = at_(p.q_t, bh * p.D * Nq2);
       dot = at_(p.do_t, bh * p.Dv * Nq2);
+      if constexpr (kBf16) {
+        vb = at_(p.v_pack, kv * Nk2 * p.Dv), vb_ld = p.Dv;
+        kb = at_(p.k_pack, kv * Nk2 * p.D), kb_ld = p.D;
+      } else {
+        vb = v, vb_ld = p.v_sn;
+        kb = k, kb_ld = p.k_sn;
+      }
     }
   }
 
@@ -245,23 +262,23 @@ struct Head {
     if (p.window_left >= 0) lo = std::max<int64_t>(lo, i0 + p.offset - p.window_left);
     if (p.window_right >= 0) hi = std::min<int64_t>(hi, i1 + p.offset + p.window_right);  // last row i1 - 1
     // bf16 packs hold pairs of keys: start on an even one (the extra key is masked in scores()).
-    if (p.bf16 && lo < hi) lo -= lo % 2;
+    if (kBf16 && lo < hi) lo -= lo % 2;
     return {lo, std::max(lo, hi)};
   }
 
   // S[r, c] (row stride ld) = score of query i0 + r and key j0 + c, masked scores -inf. With
   // softcap, tanh_out[r, c] receives tanh(raw / softcap), which the backward differentiates.
   void scores(T* S, int64_t ld, int64_t i0, int64_t rows, int64_t j0, int64_t cols, T* tanh_out) const {
-    if constexpr (std::is_same_v<T, float>) {  // bf16 mode computes in float only
-      if (p.bf16) blas::gemm_bf16(rows, cols, p.D, qb + i0 * p.q_sn, p.q_sn, kt + 2 * j0, p.Nk, false, S, ld);
-    }
-    if (!p.bf16)
+    if constexpr (kP == Products::blas) {
       blas::gemm(false, true, rows, cols, p.D, T(p.scale), q + i0 * p.q_sn, p.q_sn, k + j0 * p.k_sn, p.k_sn,
                  T(0), S, ld);
+    } else {
+      blas::brgemm(rows, cols, p.D, qe + i0 * p.q_sn, p.q_sn, kt + kPair * j0, p.Nk, false, S, ld);
+    }
     for (int64_t r = 0; r < rows; ++r) {
       T* s = S + r * ld;
       const int64_t i = i0 + r;
-      if (p.bf16) scale_row(s, cols, T(p.scale));
+      if (kP != Products::blas) scale_row(s, cols, T(p.scale));
       if (p.softcap > 0) softcap_row(s, cols, tanh_out + r * ld);
       if (p.alibi) {
         for (int64_t c = 0; c < cols; ++c) s[c] -= slope * T(std::abs(i + p.offset - (j0 + c)));
@@ -302,8 +319,9 @@ struct Head {
 
 // ---- forward -----------------------------------------------------------------------------------
 
-template <typename T, bool kBf16>
+template <typename T, Products kP>
 void forward(const AttnParams& p) {
+  constexpr bool kBf16 = kP == Products::brgemm_bf16;
   const int64_t BQ = fwd_block_q(p);
   const int64_t n_qblocks = (p.Nq + BQ - 1) / BQ;
   const bool dropout = p.dropout_p > 0;
@@ -315,7 +333,7 @@ void forward(const AttnParams& p) {
     std::vector<at::BFloat16> Pb(kBf16 ? BQ * kFwdBlockK : 0);
     for (int64_t item = begin; item < end; ++item) {
       const int64_t qb = item % n_qblocks, bh = item / n_qblocks;
-      const Head<T> head(p, bh / p.Hq, bh % p.Hq);
+      const Head<T, kP> head(p, bh / p.Hq, bh % p.Hq);
       const int64_t i0 = qb * BQ, rows = std::min(BQ, p.Nq - i0);
       const auto [klo, khi] = head.key_range(i0, i0 + rows);
       std::fill(m.begin(), m.end(), kNegInf<T>);
@@ -355,12 +373,15 @@ void forward(const AttnParams& p) {
           }
         }
         // acc (rows, Dv) += P (rows, cols) @ V[j0 : j0 + cols] (cols, Dv)
-        if constexpr (kBf16) {
-          blas::gemm_bf16(rows, p.Dv, cols + cols % 2, Pb.data(), kFwdBlockK, head.vp + j0 * p.Dv, p.Dv, true,
-                          acc.data(), p.Dv);
-        } else {
+        if constexpr (kP == Products::blas) {
           blas::gemm(false, false, rows, p.Dv, cols, T(1), S.data(), kFwdBlockK, head.v + j0 * p.v_sn, p.v_sn,
                      T(1), acc.data(), p.Dv);
+        } else if constexpr (kBf16) {
+          blas::brgemm(rows, p.Dv, cols + cols % 2, Pb.data(), kFwdBlockK, head.vb + j0 * head.vb_ld, head.vb_ld,
+                       true, acc.data(), p.Dv);
+        } else {
+          blas::brgemm(rows, p.Dv, cols, S.data(), kFwdBlockK, head.vb + j0 * head.vb_ld, head.vb_ld, true,
+                       acc.data(), p.Dv);
         }
       }
 
@@ -374,14 +395,16 @@ void forward(const AttnParams& p) {
         lse[r] = any ? m[r] + std::log(l[r]) : kNegInf<T>;
       }
     }
-    if constexpr (kBf16) blas::bf16_release();
+    if constexpr (kBf16) blas::brgemm_release();
   });
 }
 
 // ---- backward ----------------------------------------------------------------------------------
 
-template <typename T, bool kBf16>
+template <typename T, Products kP>
 void backward(const AttnParams& p) {
+  constexpr bool kBf16 = kP == Products::brgemm_bf16;
+  constexpr int64_t kPair = Head<T, kP>::kPair;
   constexpr int64_t BK = kBwdBlockK;
   const int64_t BQ = attention_block_q(p);
   const int64_t n_qblocks = (p.Nq + BQ - 1) / BQ;
@@ -402,9 +425,8 @@ void backward(const AttnParams& p) {
       // item = (bh, chunk): query blocks [qb_begin, qb_end) of head bh, dK/dV into its own part
       const int64_t bh = item / chunks, chunk = item % chunks;
       const int64_t qb_begin = chunk * n_qblocks / chunks, qb_end = (chunk + 1) * n_qblocks / chunks;
-      const Head<T> head(p, bh / p.Hq, bh % p.Hq);
+      const Head<T, kP> head(p, bh / p.Hq, bh % p.Hq);
       const T* dout = static_cast<const T*>(p.dout) + head.b * p.do_sb + head.h * p.do_sh;
-      const at::BFloat16* dob = static_cast<const at::BFloat16*>(p.dout) + head.b * p.do_sb + head.h * p.do_sh;
       const T* o = static_cast<const T*>(p.o) + head.b * p.o_sb + head.h * p.o_sh;
       const T* lse = static_cast<const T*>(p.lse) + bh * p.Nq;
       const T* dlse = p.dlse ? static_cast<const T*>(p.dlse) + bh * p.Nq : nullptr;
@@ -423,7 +445,7 @@ void backward(const AttnParams& p) {
         // A gradient on the returned lse adds dlse * P to dS (d lse / d s = P): delta -= dlse.
         for (int64_t r = 0; r < rows; ++r) {
           if constexpr (kBf16) {
-            at::vec::convert(dob + (i0 + r) * p.do_sn, do_row.data(), p.Dv);
+            at::vec::convert(head.doe + (i0 + r) * p.do_sn, do_row.data(), p.Dv);
             delta[r] = dot(do_row.data(), o + (i0 + r) * p.o_sn, p.Dv);
           } else {
             delta[r] = dot(do_blk + r * p.do_sn, o + (i0 + r) * p.o_sn, p.Dv);
@@ -454,20 +476,24 @@ void backward(const AttnParams& p) {
           }
           // dV[j0:] (cols, Dv) += P_used^T (cols, rows) @ dO (rows, Dv)
           // dP (rows, cols) = dO (rows, Dv) @ V[j0:]^T (Dv, cols)
-          if constexpr (kBf16) {  // dV^T (Dv, cols) += dO^T (Dv, rows) @ P_used (rows, cols)
-            const int64_t rows2 = rows + rows % 2;
-            vnni::pack_row_pairs(p_used, BK, rows, cols, Pv.data(), BK);
-            blas::gemm_bf16(p.Dv, cols, rows2, head.dot + i0, p.Nq + p.Nq % 2, Pv.data(), BK, true, dv + j0, p.Nk);
-            blas::gemm_bf16(rows, cols, p.Dv, dob + i0 * p.do_sn, p.do_sn, head.vt + 2 * j0, p.Nk, false, dS.data(),
-                            BK);
-          } else {
+          if constexpr (kP == Products::blas) {
             blas::gemm(true, false, cols, p.Dv, rows, T(1), p_used, BK, do_blk, p.do_sn, T(1), dv + j0 * p.Dv, p.Dv);
             blas::gemm(false, true, rows, cols, p.Dv, T(1), do_blk, p.do_sn, head.v + j0 * p.v_sn, p.v_sn, T(0),
                        dS.data(), BK);
+          } else {  // dV^T (Dv, cols) += dO^T (Dv, rows) @ P_used (rows, cols)
+            const int64_t Nq2 = p.Nq + p.Nq % 2;
+            if constexpr (kBf16) {
+              vnni::pack_row_pairs(p_used, BK, rows, cols, Pv.data(), BK);
+              blas::brgemm(p.Dv, cols, rows + rows % 2, head.dot + i0, Nq2, Pv.data(), BK, true, dv + j0, p.Nk);
+            } else {
+              blas::brgemm(p.Dv, cols, rows, head.dot + i0, Nq2, p_used, BK, true, dv + j0, p.Nk);
+            }
+            blas::brgemm(rows, cols, p.Dv, head.doe + i0 * p.do_sn, p.do_sn, head.vt + kPair * j0, p.Nk, false,
+                         dS.data(), BK);
           }
-          // dS = P * (dP - delta), through dropout and the softcap's tanh (bf16 mode: times scale,
-          // which the bf16 products cannot apply)
-          const T ds_scale = kBf16 ? scale : T(1);
+          // dS = P * (dP - delta), through dropout and the softcap's tanh (brgemm modes: times scale,
+          // which brgemm cannot apply)
+          const T ds_scale = kP == Products::blas ? T(1) : scale;
           for (int64_t r = 0; r < rows; ++r) {
             T* ds = dS.data() + r * BK;
             const T* pr = P.data() + r * BK;
@@ -484,38 +510,50 @@ void backward(const AttnParams& p) {
           }
           // dQ (rows, D) += scale * dS (rows, cols) @ K[j0:] (cols, D)
           // dK[j0:] (cols, D) += scale * dS^T (cols, rows) @ Q (rows, D)
-          if constexpr (kBf16) {  // dK^T (D, cols) += Q^T (D, rows) @ dS (rows, cols)
-            round_rows(dS.data(), BK, rows, cols, dSb.data(), BK);
-            blas::gemm_bf16(rows, p.D, cols + cols % 2, dSb.data(), BK, head.kp + j0 * p.D, p.D, true,
-                            dq_acc.data(), p.D);
-            vnni::pack_row_pairs(dSb.data(), BK, rows, cols, dSv.data(), BK);
-            blas::gemm_bf16(p.D, cols, rows + rows % 2, head.qt + i0, p.Nq + p.Nq % 2, dSv.data(), BK, true,
-                            dk + j0, p.Nk);
-          } else {
+          if constexpr (kP == Products::blas) {
             blas::gemm(false, false, rows, p.D, cols, scale, dS.data(), BK, head.k + j0 * p.k_sn, p.k_sn, T(1),
                        dq_acc.data(), p.D);
             blas::gemm(true, false, cols, p.D, rows, scale, dS.data(), BK, q_blk, p.q_sn, T(1), dk + j0 * p.D, p.D);
+          } else {  // dK^T (D, cols) += Q^T (D, rows) @ dS (rows, cols)
+            const int64_t Nq2 = p.Nq + p.Nq % 2;
+            if constexpr (kBf16) {
+              round_rows(dS.data(), BK, rows, cols, dSb.data(), BK);
+              blas::brgemm(rows, p.D, cols + cols % 2, dSb.data(), BK, head.kb + j0 * head.kb_ld, head.kb_ld, true,
+                           dq_acc.data(), p.D);
+              vnni::pack_row_pairs(dSb.data(), BK, rows, cols, dSv.data(), BK);
+              blas::brgemm(p.D, cols, rows + rows % 2, head.qt + i0, Nq2, dSv.data(), BK, true, dk + j0, p.Nk);
+            } else {
+              blas::brgemm(rows, p.D, cols, dS.data(), BK, head.kb + j0 * head.kb_ld, head.kb_ld, true,
+                           dq_acc.data(), p.D);
+              blas::brgemm(p.D, cols, rows, head.qt + i0, Nq2, dS.data(), BK, true, dk + j0, p.Nk);
+            }
           }
         }
         std::copy_n(dq_acc.data(), rows * p.D, dq + i0 * p.D);
       }
     }
-    if constexpr (kBf16) blas::bf16_release();
+    if constexpr (kBf16) blas::brgemm_release();
   });
 }
 
 }  // namespace
 
 void attention_fwd_kernel(const AttnParams& p) {
-  if (p.dtype == at::kDouble) return forward<double, false>(p);
-  if (p.bf16) return forward<float, true>(p);
-  return forward<float, false>(p);
+  if (p.dtype == at::kDouble) return forward<double, Products::blas>(p);
+  switch (p.products) {
+    case Products::brgemm_bf16: return forward<float, Products::brgemm_bf16>(p);
+    case Products::brgemm_f32: return forward<float, Products::brgemm_f32>(p);
+    default: return forward<float, Products::blas>(p);
+  }
 }
 
 void attention_bwd_kernel(const AttnParams& p) {
-  if (p.dtype == at::kDouble) return backward<double, false>(p);
-  if (p.bf16) return backward<float, true>(p);
-  return backward<float, false>(p);
+  if (p.dtype == at::kDouble) return backward<double, Products::blas>(p);
+  switch (p.products) {
+    case Products::brgemm_bf16: return backward<float, Products::brgemm_bf16>(p);
+    case Products::brgemm_f32: return backward<float, Products::brgemm_f32>(p);
+    default: return backward<float, Products::blas>(p);
+  }
 }
 
 }  // namespace CPU_CAPABILITY

@@ -5,6 +5,7 @@
 
 #include <dlfcn.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <string>
 
@@ -97,6 +98,44 @@ void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, double alpha, const
   gemm_impl(dgemm(), ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
 }
 
+namespace {
+
+// ZENATTN_CPU_BRGEMM=0 keeps every product on sgemm_ (tests compare the two paths with it).
+bool brgemm_enabled() {
+  static const bool enabled = [] {
+    const char* v = std::getenv("ZENATTN_CPU_BRGEMM");
+    return !(v != nullptr && std::string(v) == "0");
+  }();
+  return enabled;
+}
+
+// C = 0 (a product with K = 0).
+void zero_rows(int64_t m, int64_t n, float* c, int64_t ldc) {
+  for (int64_t i = 0; i < m; ++i) std::fill(c + i * ldc, c + i * ldc + n, 0.0f);
+}
+
+}  // namespace
+
+#ifdef CPUBLAS_BRGEMM_F32F32F32
+bool f32_brgemm_available() { return brgemm_enabled(); }
+#else
+bool f32_brgemm_available() { return false; }
+#endif
+
+void brgemm(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b, int64_t ldb,
+            bool accumulate, float* c, int64_t ldc) {
+  if (m == 0 || n == 0) return;
+  if (k == 0) {
+    if (!accumulate) zero_rows(m, n, c, ldc);
+    return;
+  }
+#ifdef CPUBLAS_BRGEMM_F32F32F32
+  // (torch's own fallback, with oneDNN off or no kernel for this CPU, is a plain gemm: correct)
+  if (brgemm_enabled()) return at::native::cpublas::brgemm(m, n, k, lda, ldb, ldc, accumulate, a, b, c);
+#endif
+  gemm(false, false, m, n, k, 1.0f, a, lda, b, ldb, accumulate ? 1.0f : 0.0f, c, ldc);
+}
+
 #ifdef CPUBLAS_BRGEMM_BF16BF16F32
 namespace {
 
@@ -125,33 +164,29 @@ bool bf16_selftest() {
 }  // namespace
 
 bool bf16_available() {
-  static const bool usable = [] {
-    const char* v = std::getenv("ZENATTN_CPU_BF16_GEMM");
-    return !(v != nullptr && std::string(v) == "0") && bf16_selftest();
-  }();
+  static const bool usable = brgemm_enabled() && bf16_selftest();
   // brgemm falls back to an unpacked product when oneDNN is switched off: check on every call.
   return usable && at::globalContext().userEnabledMkldnn();
 }
 
-void gemm_bf16(int64_t m, int64_t n, int64_t k, const c10::BFloat16* a, int64_t lda,
-               const c10::BFloat16* b_vnni, int64_t ldb, bool accumulate, float* c, int64_t ldc) {
+void brgemm(int64_t m, int64_t n, int64_t k, const c10::BFloat16* a, int64_t lda, const c10::BFloat16* b_vnni,
+            int64_t ldb, bool accumulate, float* c, int64_t ldc) {
   if (m == 0 || n == 0) return;
   if (k == 0) {
-    if (!accumulate)
-      for (int64_t i = 0; i < m; ++i) std::fill(c + i * ldc, c + i * ldc + n, 0.0f);
+    if (!accumulate) zero_rows(m, n, c, ldc);
     return;
   }
   at::native::cpublas::brgemm(m, n, k, lda, ldb, ldc, accumulate, a, b_vnni, c);
 }
 
-void bf16_release() { at::native::cpublas::brgemm_release(); }
+void brgemm_release() { at::native::cpublas::brgemm_release(); }
 #else
 bool bf16_available() { return false; }
-void gemm_bf16(int64_t, int64_t, int64_t, const c10::BFloat16*, int64_t, const c10::BFloat16*, int64_t, bool,
-               float*, int64_t) {
+void brgemm(int64_t, int64_t, int64_t, const c10::BFloat16*, int64_t, const c10::BFloat16*, int64_t, bool, float*,
+            int64_t) {
   TORCH_CHECK(false, "zenattn: this torch has no bf16 brgemm (at::native::cpublas::brgemm)");
 }
-void bf16_release() {}
+void brgemm_release() {}
 #endif
 
 const char* backend_name() {

@@ -21,22 +21,28 @@ void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, double al
 // Which of the two paths runs, for zenattn.info().
 const char* backend_name();
 
-// bfloat16 tile products with fp32 results, on oneDNN's brgemm micro-kernels through ATen's
-// at::native::cpublas::brgemm (AVX512-BF16 dot products where the CPU has them: 2.2-2.4x sgemm_ at
-// the attention kernel's tile shapes on the project's VM, one thread).
+// Tile products on oneDNN's brgemm micro-kernels, through ATen's at::native::cpublas::brgemm:
+// C[M x N] (+)= A[M x K] * B[K x N], A row-major with row stride lda, C fp32 row-major with row
+// stride ldc, overwritten or (accumulate) added to. Single-threaded. Measured on the project's VM
+// (one thread, the attention kernel's tile shapes): fp32 1.13-1.2x sgemm_, bf16 (AVX512-BF16 dot
+// products) 2.2-2.4x sgemm_. oneDNN compiles a kernel for each new (M, N, K, ld) shape (cached).
 //
-// bf16_available(): this torch has the API, it computes correctly here (checked once against a
-// product with a known result), oneDNN is enabled (torch.backends.mkldnn.enabled) and
-// ZENATTN_CPU_BF16_GEMM is not 0.
+// fp32: B row-major with row stride ldb. Computes correctly with any torch (without the API, or
+// with oneDNN switched off, it is an sgemm); f32_brgemm_available() says whether it is brgemm:
+// this torch has the API and ZENATTN_CPU_BRGEMM is not 0.
+bool f32_brgemm_available();
+void brgemm(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b, int64_t ldb,
+            bool accumulate, float* c, int64_t ldc);
+
+// bf16: B in VNNI pairs, the layout brgemm takes: element (k, n) at
+// b_vnni[(k / 2) * 2 * ldb + 2 * n + k % 2], K even. Only where bf16_available(): this torch has the
+// API, it computes correctly here (checked once against a product with a known result), oneDNN is
+// enabled (torch.backends.mkldnn.enabled) and ZENATTN_CPU_BRGEMM is not 0.
 bool bf16_available();
+void brgemm(int64_t m, int64_t n, int64_t k, const c10::BFloat16* a, int64_t lda, const c10::BFloat16* b_vnni,
+            int64_t ldb, bool accumulate, float* c, int64_t ldc);
 
-// C[M x N] (+)= A[M x K] * B[K x N]: A row-major bf16 with row stride lda; B in VNNI pairs, the
-// layout brgemm takes: element (k, n) at b_vnni[(k / 2) * 2 * ldb + 2 * n + k % 2], K even; C
-// fp32 row-major with row stride ldc, overwritten or (accumulate) added to. Single-threaded.
-void gemm_bf16(int64_t m, int64_t n, int64_t k, const c10::BFloat16* a, int64_t lda,
-               const c10::BFloat16* b_vnni, int64_t ldb, bool accumulate, float* c, int64_t ldc);
-
-// Ends a thread's run of gemm_bf16 calls (frees the micro-kernels' hardware state, e.g. AMX tiles).
-void bf16_release();
+// Ends a thread's run of bf16 brgemm calls (frees the micro-kernels' hardware state, e.g. AMX tiles).
+void brgemm_release();
 
 }  // namespace zenattn::cpu::blas

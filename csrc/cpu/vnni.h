@@ -1,4 +1,4 @@
-// bfloat16 operands for the bf16 tile products (blas::gemm_bf16): VNNI pairs and transposes.
+// Operands for the brgemm tile products (blas::brgemm): bf16 VNNI pairs, and transposes.
 // Shared by the attention launcher (whole K/V/Q/dO per head) and kernels (P and dS per tile).
 #pragma once
 
