@@ -86,12 +86,10 @@ at::Tensor vnni_pairs(const at::Tensor& x) {
                   [&](const at::BFloat16* s, at::BFloat16* d) { vnni::pack_row_pairs(s, ld, N, X, d, X); });
 }
 
-// x (B, H, N, X) -> x^T (B, H, X, N_out) of x's type (float or bfloat16), zero columns past N
-at::Tensor transposed(const at::Tensor& x, int64_t N_out) {
+// x (B, H, N, X) float -> x^T (B, H, X, N)
+at::Tensor transposed(const at::Tensor& x) {
   const int64_t N = x.size(2), X = x.size(3), ld = row_stride(x);
-  const auto make = [&](const auto* s, auto* d) { vnni::transpose(s, ld, N, X, d, N_out); };
-  if (x.scalar_type() == at::kFloat) return per_head<float>(x, {X, N_out}, make);
-  return per_head(x, {X, N_out}, make);
+  return per_head<float>(x, {X, N}, [&](const float* s, float* d) { vnni::transpose(s, ld, N, X, d, N); });
 }
 
 // x (B, H, X, N) float32 -> x^T (B, H, N, X) bfloat16: the bf16 backward's dK^T / dV^T as dK / dV
@@ -160,7 +158,7 @@ std::vector<at::Tensor> attention_fwd(const at::Tensor& q_in, const at::Tensor& 
     kt_pack = vnni_pairs_t(k);
     v_pack = vnni_pairs(v);
   } else if (products == Products::brgemm_f32) {
-    kt_pack = transposed(k, p.Nk);
+    kt_pack = transposed(k);
   }
   p.kt_pack = kt_pack.defined() ? kt_pack.data_ptr() : nullptr;
   p.v_pack = v_pack.defined() ? v_pack.data_ptr() : nullptr;
@@ -170,6 +168,7 @@ std::vector<at::Tensor> attention_fwd(const at::Tensor& q_in, const at::Tensor& 
   p.out = out.data_ptr();
   p.lse = lse.data_ptr();
   if (out.numel() > 0 || lse.numel() > 0) run_fwd(p);
+  kt_pack.reset(), v_pack.reset();
   // Half-precision inputs also get the output at the compute precision: the backward's
   // delta = rowsum(dO * O) from the rounded output would shift every dS of a row by up to one
   // rounding step of O (dq and dk errors many times torch's; found by tests/test_fuzz.py).
@@ -189,16 +188,15 @@ std::vector<at::Tensor> attention_bwd(const at::Tensor& dout_in, const at::Tenso
   const at::Tensor o = operand(out_in, p.dtype);
   const at::Tensor dlse = dlse_in.has_value() ? dlse_in->to(p.dtype).contiguous() : at::Tensor();
   const at::Tensor lse = lse_in.to(p.dtype).contiguous();
-  at::Tensor kt_pack, vt_pack, k_pack, q_t, do_t;
+  at::Tensor kt_pack, vt_pack, k_pack;
   const bool brgemm = products != Products::blas;
   if (products == Products::brgemm_bf16) {
     kt_pack = vnni_pairs_t(k), vt_pack = vnni_pairs_t(v), k_pack = vnni_pairs(k);
   } else if (brgemm) {
-    kt_pack = transposed(k, p.Nk), vt_pack = transposed(v, p.Nk);
+    kt_pack = transposed(k), vt_pack = transposed(v);
   }
-  if (brgemm) q_t = transposed(q, p.Nq + p.Nq % 2), do_t = transposed(dout, p.Nq + p.Nq % 2);
   const auto ptr = [](const at::Tensor& t) -> const void* { return t.defined() ? t.data_ptr() : nullptr; };
-  p.kt_pack = ptr(kt_pack), p.vt_pack = ptr(vt_pack), p.k_pack = ptr(k_pack), p.q_t = ptr(q_t), p.do_t = ptr(do_t);
+  p.kt_pack = ptr(kt_pack), p.vt_pack = ptr(vt_pack), p.k_pack = ptr(k_pack);
   p.lse = const_cast<void*>(lse.data_ptr());
   p.dout = dout.data_ptr();
   p.do_sb = dout.stride(0), p.do_sh = dout.stride(1), p.do_sn = row_stride(dout);
@@ -221,6 +219,7 @@ std::vector<at::Tensor> attention_bwd(const at::Tensor& dout_in, const at::Tenso
   p.dk_parts = dk_parts.data_ptr();
   p.dv_parts = dv_parts.data_ptr();
   if (p.B * p.Hq > 0) run_bwd(p);
+  kt_pack.reset(), vt_pack.reset(), k_pack.reset();  // before the copies below: a lower peak
   at::Tensor dk = dk_parts, dv = dv_parts;
   if (p.Hq * p.q_chunks != p.Hkv) {
     const int64_t parts = p.Hq * p.q_chunks / std::max<int64_t>(p.Hkv, 1);

@@ -61,26 +61,23 @@ struct AttnParams {
   void* dk_parts;                  // (B, Hq, q_chunks, Nk, D) contiguous, T: per q head and chunk,
   void* dv_parts;                  // (B, Hq, q_chunks, Nk, Dv)   summed by the launcher in fixed order
 
-  // How the tile products run, and the operands the launcher makes for them (contiguous per
-  // (batch, head): kv heads b * Hkv + hk, q heads b * Hq + h; Nq2 = Nq rounded up to even, the
-  // extra column zero):
+  // How the tile products run, and the operands the launcher makes for them (contiguous per kv
+  // head b * Hkv + hk):
   //   blas         sgemm_/dgemm_ (blas::gemm) on q, k, v and dout in place: float64, decoding
   //                (few queries), or no brgemm in this torch.
   //   brgemm_f32   fp32 blas::brgemm, which takes B untransposed: kt_pack K^T (D x Nk), vt_pack V^T
-  //                (Dv x Nk), q_t Q^T (D x Nq2), do_t dO^T (Dv x Nq2), all float; v, k in place.
+  //                (Dv x Nk), both float; v, k in place.
   //   brgemm_bf16  bf16 blas::brgemm: q, k, v and dout stay bfloat16 (dtype is kFloat: scores and
   //                probabilities are fp32, rounded to bf16 before they multiply V, dO, K or Q, as
   //                torch's own bf16 CPU attention does); kt_pack and vt_pack in VNNI pairs, v_pack V
   //                (Nk2 x Dv) and k_pack K (Nk2 x D) in VNNI pairs (Nk2 = Nk rounded up to even,
-  //                zero row), q_t and do_t bfloat16. D and Dv even.
+  //                zero row). D and Dv even.
   // The brgemm modes compute dK^T and dV^T: dk_parts / dv_parts are (B, Hq, q_chunks, D or Dv, Nk).
   Products products = Products::blas;
   const void* kt_pack;   // scores = Q K^T
   const void* v_pack;    // forward's acc += P V
   const void* vt_pack;   // backward's dP = dO V^T
   const void* k_pack;    // backward's dQ += dS K
-  const void* q_t;       // backward's dK^T += Q^T dS
-  const void* do_t;      // backward's dV^T += dO^T P
 };
 
 // Query tile sizes. With causal or window masking the keys a block of queries may attend shrink

@@ -16,9 +16,10 @@
 //
 // The tile products (AttnParams::products) run on BLAS (sgemm_/dgemm_, any operand layout) or on
 // oneDNN's brgemm micro-kernels (blas::brgemm), which take B untransposed (bf16: in VNNI pairs) and
-// apply no scale: the launcher packs K^T, V^T, Q^T and dO^T once per call, the scale is applied to
-// the scores and folded into dS, and the backward computes dK^T and dV^T (dO^T P and Q^T dS, with P
-// and dS as B untransposed: bf16 packs them by pairs of query rows). bf16 brgemm takes bf16
+// apply no scale: the launcher packs K^T and V^T once per call, the backward transposes each query
+// block's Q and dO as it starts on it, the scale is applied to the scores and folded into dS, and
+// the backward computes dK^T and dV^T (dO^T P and Q^T dS, with P and dS as B untransposed: bf16
+// packs them by pairs of query rows). bf16 brgemm takes bf16
 // operands (the launcher's packs, and P / dS rounded to bf16 per tile) and accumulates in fp32;
 // everything between the products (softmax, masks, dS) stays fp32.
 #include "cpu/attention.h"
@@ -224,7 +225,7 @@ struct Head {
   DropoutRng rng;
   // brgemm modes: q and dO rows as operands, this head's packs (AttnParams), and V and K as B
   // operands (bf16: the launcher's VNNI packs; fp32: v and k in place), row r at vb + r * vb_ld
-  const E *qe = nullptr, *doe = nullptr, *kt = nullptr, *vt = nullptr, *qt = nullptr, *dot = nullptr;
+  const E *qe = nullptr, *doe = nullptr, *kt = nullptr, *vt = nullptr;
   const E *vb = nullptr, *kb = nullptr;
   int64_t vb_ld = 0, kb_ld = 0;
 
@@ -236,7 +237,7 @@ struct Head {
     slope = p.alibi ? static_cast<const T*>(p.alibi)[b * p.alibi_sb + h] : T(0);
     rng = DropoutRng{p.seed, DropoutRng::threshold_for(p.dropout_p)};
     if constexpr (kP != Products::blas) {
-      const int64_t kv = b * p.Hkv + hk, Nk2 = p.Nk + p.Nk % 2, Nq2 = p.Nq + p.Nq % 2;
+      const int64_t kv = b * p.Hkv + hk, Nk2 = p.Nk + p.Nk % 2;
       const auto at_ = [](const void* base, int64_t offset) {
         return base ? static_cast<const E*>(base) + offset : nullptr;
       };
@@ -244,8 +245,6 @@ struct Head {
       doe = at_(p.dout, b * p.do_sb + h * p.do_sh);
       kt = at_(p.kt_pack, kv * p.D * p.Nk);
       vt = at_(p.vt_pack, kv * p.Dv * p.Nk);
-      qt = at_(p.q_t, bh * p.D * Nq2);
-      dot = at_(p.do_t, bh * p.Dv * Nq2);
       if constexpr (kBf16) {
         vb = at_(p.v_pack, kv * Nk2 * p.Dv), vb_ld = p.Dv;
         kb = at_(p.k_pack, kv * Nk2 * p.D), kb_ld = p.D;
@@ -421,6 +420,9 @@ void backward(const AttnParams& p) {
     std::vector<at::BFloat16> Pv(kBf16 ? (BQ + 1) * BK : 0);
     std::vector<at::BFloat16> dSb(kBf16 ? BQ * BK : 0), dSv(kBf16 ? (BQ + 1) * BK : 0);
     std::vector<T> do_row(kBf16 ? p.Dv : 0);
+    // brgemm modes: this query block's Q^T (D, BQ) and dO^T (Dv, BQ), zero columns past its rows
+    using E = Operand<T, kP>;
+    std::vector<E> q_t(kP != Products::blas ? p.D * BQ : 0), do_t(kP != Products::blas ? p.Dv * BQ : 0);
     for (int64_t item = begin; item < end; ++item) {
       // item = (bh, chunk): query blocks [qb_begin, qb_end) of head bh, dK/dV into its own part
       const int64_t bh = item / chunks, chunk = item % chunks;
@@ -453,6 +455,10 @@ void backward(const AttnParams& p) {
           if (dlse) delta[r] -= dlse[i0 + r];
         }
         std::fill(dq_acc.begin(), dq_acc.end(), T(0));
+        if constexpr (kP != Products::blas) {
+          vnni::transpose(head.qe + i0 * p.q_sn, p.q_sn, rows, p.D, q_t.data(), BQ);
+          vnni::transpose(head.doe + i0 * p.do_sn, p.do_sn, rows, p.Dv, do_t.data(), BQ);
+        }
 
         for (int64_t j0 = klo; j0 < khi; j0 += BK) {
           const int64_t cols = std::min(BK, khi - j0);
@@ -481,12 +487,11 @@ void backward(const AttnParams& p) {
             blas::gemm(false, true, rows, cols, p.Dv, T(1), do_blk, p.do_sn, head.v + j0 * p.v_sn, p.v_sn, T(0),
                        dS.data(), BK);
           } else {  // dV^T (Dv, cols) += dO^T (Dv, rows) @ P_used (rows, cols)
-            const int64_t Nq2 = p.Nq + p.Nq % 2;
             if constexpr (kBf16) {
               vnni::pack_row_pairs(p_used, BK, rows, cols, Pv.data(), BK);
-              blas::brgemm(p.Dv, cols, rows + rows % 2, head.dot + i0, Nq2, Pv.data(), BK, true, dv + j0, p.Nk);
+              blas::brgemm(p.Dv, cols, rows + rows % 2, do_t.data(), BQ, Pv.data(), BK, true, dv + j0, p.Nk);
             } else {
-              blas::brgemm(p.Dv, cols, rows, head.dot + i0, Nq2, p_used, BK, true, dv + j0, p.Nk);
+              blas::brgemm(p.Dv, cols, rows, do_t.data(), BQ, p_used, BK, true, dv + j0, p.Nk);
             }
             blas::brgemm(rows, cols, p.Dv, head.doe + i0 * p.do_sn, p.do_sn, head.vt + kPair * j0, p.Nk, false,
                          dS.data(), BK);
@@ -515,17 +520,16 @@ void backward(const AttnParams& p) {
                        dq_acc.data(), p.D);
             blas::gemm(true, false, cols, p.D, rows, scale, dS.data(), BK, q_blk, p.q_sn, T(1), dk + j0 * p.D, p.D);
           } else {  // dK^T (D, cols) += Q^T (D, rows) @ dS (rows, cols)
-            const int64_t Nq2 = p.Nq + p.Nq % 2;
             if constexpr (kBf16) {
               round_rows(dS.data(), BK, rows, cols, dSb.data(), BK);
               blas::brgemm(rows, p.D, cols + cols % 2, dSb.data(), BK, head.kb + j0 * head.kb_ld, head.kb_ld, true,
                            dq_acc.data(), p.D);
               vnni::pack_row_pairs(dSb.data(), BK, rows, cols, dSv.data(), BK);
-              blas::brgemm(p.D, cols, rows + rows % 2, head.qt + i0, Nq2, dSv.data(), BK, true, dk + j0, p.Nk);
+              blas::brgemm(p.D, cols, rows + rows % 2, q_t.data(), BQ, dSv.data(), BK, true, dk + j0, p.Nk);
             } else {
               blas::brgemm(rows, p.D, cols, dS.data(), BK, head.kb + j0 * head.kb_ld, head.kb_ld, true,
                            dq_acc.data(), p.D);
-              blas::brgemm(p.D, cols, rows, head.qt + i0, Nq2, dS.data(), BK, true, dk + j0, p.Nk);
+              blas::brgemm(p.D, cols, rows, q_t.data(), BQ, dS.data(), BK, true, dk + j0, p.Nk);
             }
           }
         }
