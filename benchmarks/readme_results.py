@@ -135,16 +135,22 @@ def attention_targets() -> str:
 
 
 def attention_memory() -> str:
-    rows = _runs("attention-cpu")[0][1]["memory"]
-    out = ["Peak memory of one fp32 forward+backward (B=1, H=8, D=64, non-causal; run a; fresh subprocess, "
-           "peak RSS minus the RSS with the inputs allocated; includes the outputs o, dq, dk, dv):", "",
+    runs = [(k, d) for k, d in _runs("attention-cpu") if d.get("memory")]
+    letters = " / ".join(k for k, _ in runs)
+    out = ["Peak memory of one fp32 forward+backward (B=1, H=8, D=64, non-causal; fresh subprocess, peak RSS "
+           "minus the RSS with the inputs allocated; includes the outputs o, dq, dk, dv). Cell: run "
+           f"{letters}.", "",
            "| N | zenattn (MiB) | torch SDPA (MiB) | o+dq+dk+dv (MiB) | zenattn growth vs N/2 |", "|---|---|---|---|---|"]
-    for n in sorted({r["n"] for r in rows}):
-        z = next(r for r in rows if r["provider"] == "zenattn" and r["n"] == n)
-        t = next(r for r in rows if r["provider"] == "torch" and r["n"] == n)
-        growth = f"{z['growth']:.2f}x" if "growth" in z else "-"
-        out.append(f"| {n} | {z['increase'] / 2**20:.0f} | {t['increase'] / 2**20:.0f} | "
-                   f"{z['outputs_bytes'] / 2**20:.0f} | {growth} |")
+
+    def row(d, provider, n):
+        return next(r for r in d["memory"] if r["provider"] == provider and r["n"] == n)
+
+    for n in sorted({r["n"] for r in runs[-1][1]["memory"]}):
+        zs = [row(d, "zenattn", n) for _, d in runs]
+        ts = [row(d, "torch", n) for _, d in runs]
+        mib = lambda rs: " / ".join(f"{r['increase'] / 2**20:.0f}" for r in rs)
+        growth = " / ".join(f"{z['growth']:.2f}x" for z in zs) if "growth" in zs[-1] else "-"
+        out.append(f"| {n} | {mib(zs)} | {mib(ts)} | {zs[-1]['outputs_bytes'] / 2**20:.0f} | {growth} |")
     return "\n".join(out)
 
 
