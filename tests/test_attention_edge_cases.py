@@ -595,6 +595,24 @@ def _cpu_has_avx512_bf16():
         return False
 
 
+def _reference_and_grads(ref_in, dy, kw, seed=1):
+    """float64 output and (dq, dk, dv) of attention_ref for zenattn.attention(..., **kw) called right
+    after torch.manual_seed(seed): with dropout, the keep mask that call drew."""
+    b, h, nq, _ = dy.shape
+    extra = {}
+    if kw.get("dropout_p"):
+        torch.manual_seed(seed)
+        extra["dropout_keep"] = dropout_keep_ref(int(draw_seed()), b, h, nq, ref_in[1].shape[2], kw["dropout_p"])
+    ref = attention_ref(*ref_in, **kw, **extra)
+    return (ref, *torch.autograd.grad(ref, ref_in, dy.double()))
+
+
+def _assert_relative_errors(got, want, tol, context):
+    for g, r, name in zip(got, want, ("out", "dq", "dk", "dv")):
+        rel = (g.double() - r).abs().max().item() / (1 + r.abs().max().item())
+        assert rel < tol, (context, name, rel)
+
+
 def test_bf16_decoding_keeps_the_fp32_products():
     """Under kBrgemmMinQueries queries bfloat16 takes the fp32 sgemm products (no per-call packs, no
     oneDNN kernel compiled for each new key count while decoding): its result is then bitwise the
@@ -642,16 +660,9 @@ def test_bf16_products_and_their_fallbacks(kw):
             torch.manual_seed(1)
             out = zenattn.attention(q, k, v, backend="cpu", **kw)
             results.append((out, *torch.autograd.grad(out, (q, k, v), dy)))
-    keep = None
-    if kw.get("dropout_p"):
-        torch.manual_seed(1)
-        keep = dropout_keep_ref(int(draw_seed()), 1, 2, 67, 93, kw["dropout_p"])
-    ref = attention_ref(*ref_in, **kw, **({"dropout_keep": keep} if keep is not None else {}))
-    want = (ref, *torch.autograd.grad(ref, ref_in, dy.double()))
+    want = _reference_and_grads(ref_in, dy, kw)
     for got in results:
-        for g, r, name in zip(got, want, ("out", "dq", "dk", "dv")):
-            rel = (g.double() - r).abs().max().item() / (1 + r.abs().max().item())
-            assert rel < 2e-2, (name, rel)
+        _assert_relative_errors(got, want, 2e-2, kw)
     # the two paths round differently (bf16 P and dS against fp32 ones): the switch took effect
     assert not torch.equal(results[0][1], results[1][1])
 
@@ -701,16 +712,9 @@ def test_f32_brgemm_products_and_sgemm(dtype):
     ref_in = [t.detach().double().requires_grad_(True) for t in (q, k, v)]
     tol = 1e-5 if dtype == "float32" else 2e-3
     for kw, got_b, got_s in zip(_F32_CASES, brgemm, sgemm):
-        keep = None
-        if kw.get("dropout_p"):
-            torch.manual_seed(1)
-            keep = dropout_keep_ref(int(draw_seed()), 1, 2, 67, 93, kw["dropout_p"])
-        ref = attention_ref(*ref_in, **kw, **({"dropout_keep": keep} if keep is not None else {}))
-        want = (ref, *torch.autograd.grad(ref, ref_in, dy.double()))
+        want = _reference_and_grads(ref_in, dy, kw)
         for got in (got_b, got_s):
-            for g, r, name in zip(got, want, ("out", "dq", "dk", "dv")):
-                rel = (g - r).abs().max().item() / (1 + r.abs().max().item())
-                assert rel < tol, (kw, name, rel)
+            _assert_relative_errors(got, want, tol, kw)
         assert not torch.equal(got_b[1], got_s[1]), kw
 
 
