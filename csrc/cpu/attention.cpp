@@ -86,6 +86,9 @@ at::Tensor vnni_pairs(const at::Tensor& x) {
                   [&](const at::BFloat16* s, at::BFloat16* d) { vnni::pack_row_pairs(s, ld, N, X, d, X); });
 }
 
+// A pack's pointer for AttnParams: null for a pack this mode does not make.
+const void* data_or_null(const at::Tensor& t) { return t.defined() ? t.data_ptr() : nullptr; }
+
 // x (B, H, N, X) float -> x^T (B, H, X, N)
 at::Tensor transposed(const at::Tensor& x) {
   const int64_t N = x.size(2), X = x.size(3), ld = row_stride(x);
@@ -160,8 +163,7 @@ std::vector<at::Tensor> attention_fwd(const at::Tensor& q_in, const at::Tensor& 
   } else if (products == Products::brgemm_f32) {
     kt_pack = transposed(k);
   }
-  p.kt_pack = kt_pack.defined() ? kt_pack.data_ptr() : nullptr;
-  p.v_pack = v_pack.defined() ? v_pack.data_ptr() : nullptr;
+  p.kt_pack = data_or_null(kt_pack), p.v_pack = data_or_null(v_pack);
   const auto opts = q.options().dtype(p.dtype);
   at::Tensor out = at::empty({p.B, p.Hq, p.Nq, p.Dv}, opts);
   at::Tensor lse = at::empty({p.B, p.Hq, p.Nq}, opts);
@@ -195,8 +197,7 @@ std::vector<at::Tensor> attention_bwd(const at::Tensor& dout_in, const at::Tenso
   } else if (brgemm) {
     kt_pack = transposed(k), vt_pack = transposed(v);
   }
-  const auto ptr = [](const at::Tensor& t) -> const void* { return t.defined() ? t.data_ptr() : nullptr; };
-  p.kt_pack = ptr(kt_pack), p.vt_pack = ptr(vt_pack), p.k_pack = ptr(k_pack);
+  p.kt_pack = data_or_null(kt_pack), p.vt_pack = data_or_null(vt_pack), p.k_pack = data_or_null(k_pack);
   p.lse = const_cast<void*>(lse.data_ptr());
   p.dout = dout.data_ptr();
   p.do_sb = dout.stride(0), p.do_sh = dout.stride(1), p.do_sn = row_stride(dout);

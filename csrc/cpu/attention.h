@@ -20,14 +20,14 @@ struct AttnMask {
   int64_t sb = 0, sh = 0, sq = 0, sk = 0;  // strides over (B, Hq, Nq, Nk), in elements
 };
 
-// Shapes: q (B, Hq, Nq, D), k (B, Hkv, Nk, D), v (B, Hkv, Nk, Dv), Hkv divides Hq and q head h
-// reads kv head h / (Hq / Hkv). Tensors are of the compute type T (float, or double for float64
-// input; the launcher converts half and bfloat16 to float), with a unit last stride and the
-// strides below over (batch, head, row).
-//
 // How the kernels compute their tile products (AttnParams::products).
 enum class Products { blas, brgemm_f32, brgemm_bf16 };
 
+// Shapes: q (B, Hq, Nq, D), k (B, Hkv, Nk, D), v (B, Hkv, Nk, Dv), Hkv divides Hq and q head h
+// reads kv head h / (Hq / Hkv). Tensors are of the compute type T (float, or double for float64
+// input; the launcher converts half, and bfloat16 outside brgemm_bf16 mode, to float), with a unit
+// last stride and the strides below over (batch, head, row).
+//
 // Score (b, h, i, j) = scale * q_i . k_j, then softcap * tanh(score / softcap) if softcap > 0,
 // minus alibi[b, h] * |i + offset - j| if alibi is set, plus the float mask; it is -inf (not
 // attended) where the bool mask is false or j lies outside [i + offset - window_left,

@@ -19,9 +19,9 @@
 // apply no scale: the launcher packs K^T and V^T once per call, the backward transposes each query
 // block's Q and dO as it starts on it, the scale is applied to the scores and folded into dS, and
 // the backward computes dK^T and dV^T (dO^T P and Q^T dS, with P and dS as B untransposed: bf16
-// packs them by pairs of query rows). bf16 brgemm takes bf16
-// operands (the launcher's packs, and P / dS rounded to bf16 per tile) and accumulates in fp32;
-// everything between the products (softmax, masks, dS) stays fp32.
+// packs them by pairs of query rows). bf16 brgemm takes bf16 operands (the launcher's packs, and
+// P / dS rounded to bf16 per tile) and accumulates in fp32; everything between the products
+// (softmax, masks, dS) stays fp32.
 #include "cpu/attention.h"
 #include "cpu/blas.h"
 #include "cpu/vnni.h"
