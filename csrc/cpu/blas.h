@@ -24,7 +24,7 @@ const char* backend_name();
 // Tile products on oneDNN's brgemm micro-kernels, through ATen's at::native::cpublas::brgemm:
 // C[M x N] (+)= A[M x K] * B[K x N], A row-major with row stride lda, C fp32 row-major with row
 // stride ldc, overwritten or (accumulate) added to. Single-threaded. Measured on the project's VM
-// (one thread, the attention kernel's tile shapes): fp32 1.13-1.2x sgemm_, bf16 (AVX512-BF16 dot
+// (one thread, the attention kernel's tile shapes): fp32 1.13-1.18x sgemm_, bf16 (AVX512-BF16 dot
 // products) 2.2-2.4x sgemm_. oneDNN compiles a kernel for each new (M, N, K, ld) shape (cached).
 //
 // fp32: B row-major with row stride ldb. Computes correctly with any torch (without the API, or
