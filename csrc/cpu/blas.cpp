@@ -109,9 +109,13 @@ bool brgemm_enabled() {
   return enabled;
 }
 
-// C = 0 (a product with K = 0).
-void zero_rows(int64_t m, int64_t n, float* c, int64_t ldc) {
-  for (int64_t i = 0; i < m; ++i) std::fill(c + i * ldc, c + i * ldc + n, 0.0f);
+// A product with nothing to multiply (M, N or K zero): C = 0 unless accumulating. Returns whether
+// that was the case, i.e. whether the product is done.
+bool empty_product(int64_t m, int64_t n, int64_t k, bool accumulate, float* c, int64_t ldc) {
+  if (m != 0 && n != 0 && k != 0) return false;
+  if (k == 0 && !accumulate)
+    for (int64_t i = 0; i < m; ++i) std::fill(c + i * ldc, c + i * ldc + n, 0.0f);
+  return true;
 }
 
 }  // namespace
@@ -124,11 +128,7 @@ bool f32_brgemm_available() { return false; }
 
 void brgemm(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b, int64_t ldb,
             bool accumulate, float* c, int64_t ldc) {
-  if (m == 0 || n == 0) return;
-  if (k == 0) {
-    if (!accumulate) zero_rows(m, n, c, ldc);
-    return;
-  }
+  if (empty_product(m, n, k, accumulate, c, ldc)) return;
 #ifdef CPUBLAS_BRGEMM_F32F32F32
   // (torch's own fallback, with oneDNN off or no kernel for this CPU, is a plain gemm: correct)
   if (brgemm_enabled()) return at::native::cpublas::brgemm(m, n, k, lda, ldb, ldc, accumulate, a, b, c);
@@ -171,11 +171,7 @@ bool bf16_available() {
 
 void brgemm(int64_t m, int64_t n, int64_t k, const c10::BFloat16* a, int64_t lda, const c10::BFloat16* b_vnni,
             int64_t ldb, bool accumulate, float* c, int64_t ldc) {
-  if (m == 0 || n == 0) return;
-  if (k == 0) {
-    if (!accumulate) zero_rows(m, n, c, ldc);
-    return;
-  }
+  if (empty_product(m, n, k, accumulate, c, ldc)) return;
   at::native::cpublas::brgemm(m, n, k, lda, ldb, ldc, accumulate, a, b_vnni, c);
 }
 
