@@ -162,8 +162,28 @@ class MLP(torch.nn.Module):
         return self.dropout(self.down(F.gelu(self.up(x))))
 
 
+def add_norm(norm: torch.nn.Module, h: Tensor, residual: Optional[Tensor]) -> tuple[Tensor, Tensor]:
+    """The pre-norm step between sublayers: ``s = residual + h`` (``h`` alone when ``residual`` is
+    None), returned as ``(norm(s), s)``. zenattn's norms do the add inside their kernel (one pass
+    over the activations, forward and backward); torch's twins add, then normalize. ``h`` takes
+    the residual stream's dtype first (a bfloat16 sublayer output under autocast joins the float32
+    stream, as ``residual + h`` promotes it)."""
+    if residual is None:
+        return norm(h), h
+    if isinstance(norm, (zenattn.nn.LayerNorm, zenattn.nn.RMSNorm)):
+        return norm(h.to(residual.dtype), residual=residual)
+    s = residual + h
+    return norm(s), s
+
+
 class Block(torch.nn.Module):
-    """Pre-norm block: x + attn(norm(x)) [+ cross(norm(x), memory)] + mlp(norm(x))."""
+    """Pre-norm block: x + attn(norm(x)) [+ cross(norm(x), memory)] + mlp(norm(x)).
+
+    Written in the fused-residual form: ``forward(h, residual)`` takes the previous sublayer's
+    output ``h (B, L, E)`` and the residual stream before it (None in the first block), so each
+    norm also does the residual add (:func:`add_norm`); it returns its MLP's output and the stream
+    before it. The stream after the block is their sum.
+    """
 
     def __init__(self, cfg: TransformerConfig, cross: bool = False) -> None:
         super().__init__()
@@ -173,15 +193,19 @@ class Block(torch.nn.Module):
         self.norm2, self.mlp = make_norm(cfg), MLP(cfg)
         self.dropout = torch.nn.Dropout(cfg.dropout)
 
-    def forward(self, x: Tensor, *, causal: bool, positions: Tensor, key_padding_mask: Optional[Tensor] = None,
-                memory: Optional[Tensor] = None, memory_padding_mask: Optional[Tensor] = None,
-                cache: Optional[tuple[KVCache, KVCache]] = None) -> Tensor:
-        x = x + self.dropout(self.attn(self.norm1(x), causal=causal, key_padding_mask=key_padding_mask,
-                                       cache=cache[0] if cache else None, positions=positions))
+    def forward(self, h: Tensor, residual: Optional[Tensor], *, causal: bool, positions: Tensor,
+                key_padding_mask: Optional[Tensor] = None, memory: Optional[Tensor] = None,
+                memory_padding_mask: Optional[Tensor] = None,
+                cache: Optional[tuple[KVCache, KVCache]] = None) -> tuple[Tensor, Tensor]:
+        x, residual = add_norm(self.norm1, h, residual)
+        h = self.dropout(self.attn(x, causal=causal, key_padding_mask=key_padding_mask,
+                                   cache=cache[0] if cache else None, positions=positions))
         if self.cross is not None:
-            x = x + self.dropout(self.cross(self.norm_cross(x), memory, key_padding_mask=memory_padding_mask,
-                                            cache=cache[1] if cache else None))
-        return x + self.mlp(self.norm2(x))
+            x, residual = add_norm(self.norm_cross, h, residual)
+            h = self.dropout(self.cross(x, memory, key_padding_mask=memory_padding_mask,
+                                        cache=cache[1] if cache else None))
+        x, residual = add_norm(self.norm2, h, residual)
+        return self.mlp(x), residual
 
 
 class Transformer(torch.nn.Module):
@@ -234,10 +258,11 @@ class Transformer(torch.nn.Module):
 
     def encode(self, source: Tensor, padding_mask: Optional[Tensor] = None) -> Tensor:
         """Encoder stack of the encoder-decoder: (B, S) tokens -> (B, S, E) memory."""
-        x, positions = self._embed(source, 0)
+        h, positions = self._embed(source, 0)                                          # (B, S, E)
+        residual = None
         for block in self.encoder:
-            x = block(x, causal=False, positions=positions, key_padding_mask=padding_mask)
-        return self.encoder_norm(x)
+            h, residual = block(h, residual, causal=False, positions=positions, key_padding_mask=padding_mask)
+        return add_norm(self.encoder_norm, h, residual)[0]
 
     def forward(self, tokens: Tensor, source: Optional[Tensor] = None, *, padding_mask: Optional[Tensor] = None,
                 source_padding_mask: Optional[Tensor] = None, memory: Optional[Tensor] = None,
@@ -246,11 +271,13 @@ class Transformer(torch.nn.Module):
             if source is None:
                 raise ValueError("Transformer(encoder-decoder): pass source tokens (or a precomputed memory)")
             memory = self.encode(source, source_padding_mask)
-        x, positions = self._embed(tokens, start)                                      # (B, L, E)
+        h, positions = self._embed(tokens, start)                                      # (B, L, E)
+        residual = None
         for i, block in enumerate(self.blocks):
-            x = block(x, causal=self.causal, positions=positions, key_padding_mask=padding_mask, memory=memory,
-                      memory_padding_mask=source_padding_mask, cache=caches[i] if caches is not None else None)
-        return self.head(self.norm(x))                                                 # (B, L, V)
+            h, residual = block(h, residual, causal=self.causal, positions=positions, key_padding_mask=padding_mask,
+                                memory=memory, memory_padding_mask=source_padding_mask,
+                                cache=caches[i] if caches is not None else None)
+        return self.head(add_norm(self.norm, h, residual)[0])                          # (B, L, V)
 
     def loss(self, tokens: Tensor, targets: Tensor, **kwargs) -> Tensor:
         """Mean cross-entropy of ``targets (B, L)`` (-100: ignored) under ``forward(tokens, ...)``."""
@@ -307,5 +334,5 @@ def flops_per_token(cfg: TransformerConfig, seq_len: int) -> float:
     return float(matmul + attention)
 
 
-__all__ = ["TransformerConfig", "Transformer", "Attention", "Block", "MLP", "KVCache", "VARIANTS",
+__all__ = ["TransformerConfig", "Transformer", "Attention", "Block", "MLP", "add_norm", "KVCache", "VARIANTS",
            "count_parameters", "flops_per_token"]
