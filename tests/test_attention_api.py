@@ -372,6 +372,17 @@ def _opcheck_cases(backend):
         q, k, v, torch.rand(2, 1, 6, 6) > 0.3, None, None, 0.35, 2.0, 2, 1, False, 0.0, True, backend)
     yield f"{backend} fwd dropout", ops.attention_fwd.default, (
         q, k, v, None, None, torch.tensor(12345), 0.35, 0.0, -1, -1, False, 0.3, False, backend)
+    # q laid out (B, N, H, D), as a projection's view gives: out and dq follow that layout (new_like_q)
+    q, k, v = (torch.randn(2, n, 3, 8).transpose(1, 2).requires_grad_() for n in (5, 7, 7))
+    yield f"{backend} fwd heads-inner q", ops.attention_fwd.default, (
+        q, k, v, None, None, None, 0.35, 0.0, -1, 0, False, 0.0, False, backend)
+    qb, kb, vb = (t.detach().bfloat16().requires_grad_() for t in (q, k, v))
+    yield f"{backend} fwd heads-inner q bf16", ops.attention_fwd.default, (
+        qb, kb, vb, None, None, None, 0.35, 0.0, -1, 0, False, 0.0, False, backend)
+    q, k, v = (t.detach() for t in (q, k, v))
+    out, lse, _ = ops.attention_fwd(q, k, v, None, None, None, 0.35, 0.0, -1, 0, False, 0.0, False, backend)
+    yield f"{backend} bwd heads-inner q", ops.attention_bwd.default, (
+        torch.randn_like(out), q, k, v, out, lse, None, None, None, None, 0.35, 0.0, -1, 0, False, 0.0, False, backend)
     # backward op on plain tensors, with and without a gradient on the lse
     q, k, v = qkv(4, 2, 9, 6, 8, 8, grad=False)
     out, lse, _ = ops.attention_fwd(q, k, v, None, None, None, 0.35, 0.0, -1, 0, True, 0.0, False, backend)
@@ -412,6 +423,55 @@ def test_torch_compile_fullgraph_matches_eager(backend):
     g_comp = torch.autograd.grad((y_comp, lse_comp), (q, k, v), (dy, dlse))
     for a, b in zip(g_comp, g_eager):
         torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("backend", KERNELS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_output_and_dq_follow_a_heads_inner_query(backend, dtype):
+    """q from a projection, (B, N, H, D) in memory seen as (B, H, N, D): the output and dq come back
+    in that layout (as torch's CPU SDPA lays out its output), so merging the heads back,
+    out.transpose(1, 2).reshape(B, N, H * D), is a view and copies nothing; values as the reference."""
+    B, N, H, D = 2, 70, 3, 16
+    q = torch.randn(B, N, H * D, dtype=dtype).view(B, N, H, D).transpose(1, 2).requires_grad_()
+    k, v = (t.view(B, N, H, D).transpose(1, 2).requires_grad_()                 # slices of a fused kv
+            for t in torch.randn(B, N, 2 * H * D, dtype=dtype).split(H * D, dim=-1))
+    out = zenattn.attention(q, k, v, causal=True, backend=backend)
+    assert out.transpose(1, 2).is_contiguous(), out.stride()
+    merged = out.transpose(1, 2).reshape(B, N, H * D)
+    assert merged.data_ptr() == out.data_ptr()
+    dout = torch.randn_like(out)
+    dq, dk, dv = torch.autograd.grad(out, (q, k, v), dout)
+    assert dq.transpose(1, 2).is_contiguous(), dq.stride()
+    ref = attention_ref(*(t.detach().double() for t in (q, k, v)), causal=True)
+    tol = dict(rtol=0, atol=2e-2) if dtype == torch.bfloat16 else dict(rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(out.double(), ref, **tol)
+    q64, k64, v64 = (t.detach().double().requires_grad_() for t in (q, k, v))
+    want = torch.autograd.grad(attention_ref(q64, k64, v64, causal=True), (q64, k64, v64), dout.double())
+    for got, w in zip((dq, dk, dv), want):
+        torch.testing.assert_close(got.double(), w, **(dict(rtol=0, atol=6e-2) if dtype == torch.bfloat16 else tol))
+
+
+@pytest.mark.parametrize("backend", KERNELS)
+def test_torch_compile_of_projected_heads_matches_eager(backend):
+    """A model's attention under torch.compile (inductor): heads split from a projection by a view,
+    merged back by a reshape. The fake tensors must carry the kernels' real output layout; inductor
+    checks it (assert_size_stride) and plans its views on it."""
+    torch._dynamo.reset()
+    B, N, H, D = 2, 12, 4, 8
+    proj = torch.nn.Linear(H * D, 3 * H * D)
+
+    def block(x):
+        q, k, v = proj(x).view(B, N, 3, H, D).unbind(2)                     # 3 x (B, N, H, D)
+        out = zenattn.attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), causal=True,
+                                backend=backend)
+        return out.transpose(1, 2).reshape(B, N, H * D).sin()
+
+    x = torch.randn(B, N, H * D, requires_grad=True)
+    y_eager = block(x)
+    y_comp = torch.compile(block, fullgraph=True)(x)
+    torch.testing.assert_close(y_comp, y_eager)
+    dy = torch.randn_like(y_eager)
+    torch.testing.assert_close(torch.autograd.grad(y_comp, x, dy)[0], torch.autograd.grad(y_eager, x, dy)[0])
 
 
 @pytest.mark.parametrize("backend", KERNELS)

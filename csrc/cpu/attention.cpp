@@ -56,6 +56,12 @@ at::Tensor operand(const at::Tensor& t, at::ScalarType type) {
 // it is never stepped over but still reaches BLAS as a leading dimension.
 int64_t row_stride(const at::Tensor& t) { return t.size(2) <= 1 ? std::max<int64_t>(t.size(3), 1) : t.stride(2); }
 
+// A new (B, Hq, Nq, x) tensor for the output or dq: laid out like q where heads_inner(q).
+at::Tensor like_q(const at::Tensor& q, int64_t x, const at::TensorOptions& opts) {
+  if (heads_inner(q)) return at::empty({q.size(0), q.size(2), q.size(1), x}, opts).transpose(1, 2);
+  return at::empty({q.size(0), q.size(1), q.size(2), x}, opts);
+}
+
 // The brgemm products' operands (AttnParams::products), made per (batch, head) in parallel: out is
 // (B, H, *head_shape) contiguous of type Out and make(x_head, out_head) fills one head.
 template <typename In = at::BFloat16, typename Out = In, typename Make>
@@ -165,9 +171,10 @@ std::vector<at::Tensor> attention_fwd(const at::Tensor& q_in, const at::Tensor& 
   }
   p.kt_pack = data_or_null(kt_pack), p.v_pack = data_or_null(v_pack);
   const auto opts = q.options().dtype(p.dtype);
-  at::Tensor out = at::empty({p.B, p.Hq, p.Nq, p.Dv}, opts);
+  at::Tensor out = like_q(q_in, p.Dv, opts);
   at::Tensor lse = at::empty({p.B, p.Hq, p.Nq}, opts);
   p.out = out.data_ptr();
+  p.out_sb = out.stride(0), p.out_sh = out.stride(1), p.out_sn = row_stride(out);
   p.lse = lse.data_ptr();
   if (out.numel() > 0 || lse.numel() > 0) run_fwd(p);
   kt_pack.reset(), v_pack.reset();
@@ -205,7 +212,7 @@ std::vector<at::Tensor> attention_bwd(const at::Tensor& dout_in, const at::Tenso
   p.dlse = dlse.defined() ? dlse.data_ptr() : nullptr;
   p.o_sb = o.stride(0), p.o_sh = o.stride(1), p.o_sn = row_stride(o);
   const auto opts = q.options().dtype(p.dtype);
-  at::Tensor dq = at::empty({p.B, p.Hq, p.Nq, p.D}, opts);
+  at::Tensor dq = like_q(q_in, p.D, opts);
   // dK/dV per (q head, query chunk): a GQA group's heads and a head's chunks are summed below, in
   // a fixed order. Without GQA and with one chunk they are dK/dV themselves.
   p.q_chunks = attention_bwd_q_chunks(p);
@@ -217,6 +224,7 @@ std::vector<at::Tensor> attention_bwd(const at::Tensor& dout_in, const at::Tenso
   at::Tensor dk_parts = at::empty(part_shape(p.D), opts);
   at::Tensor dv_parts = at::empty(part_shape(p.Dv), opts);
   p.dq = dq.data_ptr();
+  p.dq_sb = dq.stride(0), p.dq_sh = dq.stride(1), p.dq_sn = row_stride(dq);
   p.dk_parts = dk_parts.data_ptr();
   p.dv_parts = dv_parts.data_ptr();
   if (p.B * p.Hq > 0) run_bwd(p);
@@ -235,7 +243,7 @@ std::vector<at::Tensor> attention_bwd(const at::Tensor& dout_in, const at::Tenso
   const auto result = [](const at::Tensor& t, const at::Tensor& like) {
     return t.to(like.scalar_type(), false, false, at::MemoryFormat::Contiguous);
   };
-  return {result(dq, q_in), result(dk, k_in), result(dv, v_in)};
+  return {dq.to(q_in.scalar_type()), result(dk, k_in), result(dv, v_in)};  // dq keeps its layout
 }
 
 at::Tensor attention_dropout_keep(int64_t seed, int64_t B, int64_t H, int64_t Nq, int64_t Nk, double p) {

@@ -49,14 +49,14 @@ struct AttnParams {
   uint64_t seed;
 
   // forward outputs
-  void* out;                       // (B, Hq, Nq, Dv) contiguous, T
+  void* out;  int64_t out_sb, out_sh, out_sn;       // (B, Hq, Nq, Dv), T, unit last stride
   void* lse;                       // (B, Hq, Nq) contiguous, T: log-sum-exp of the scores, -inf if none
 
   // backward inputs and outputs
   const void* dout;  int64_t do_sb, do_sh, do_sn;   // (B, Hq, Nq, Dv)
   const void* o;     int64_t o_sb, o_sh, o_sn;      // the forward's output
   const void* dlse;                // (B, Hq, Nq) contiguous T, gradient of the returned lse, or null
-  void* dq;                        // (B, Hq, Nq, D) contiguous, T
+  void* dq;  int64_t dq_sb, dq_sh, dq_sn;          // (B, Hq, Nq, D), T, unit last stride
   int64_t q_chunks;                // the backward splits each head's queries into this many chunks
   void* dk_parts;                  // (B, Hq, q_chunks, Nk, D) contiguous, T: per q head and chunk,
   void* dv_parts;                  // (B, Hq, q_chunks, Nk, Dv)   summed by the launcher in fixed order
@@ -123,9 +123,20 @@ struct AttnOptions {
   std::optional<at::Tensor> seed;          // int64 scalar, when dropout_p > 0
 };
 
+// Whether q (B, Hq, Nq, D) has its heads inside its rows in memory, (B, Nq, Hq, D), as
+// q_proj(x).view(B, N, H, D).transpose(1, 2) gives. The output and dq then get that layout too (as
+// torch's CPU SDPA gives its output), so out.transpose(1, 2).reshape(B, N, H * Dv) and the
+// gradient's way back to the projection are views, not copies. zenattn/ops/attention.py's
+// heads_inner is the same rule, for the fake tensors.
+inline bool heads_inner(const at::Tensor& q) {
+  return q.size(1) > 1 && q.size(2) > 1 && q.stride(1) < q.stride(2);
+}
+
 // Launchers (inputs already checked at the pybind11 boundary):
 //   attention_fwd -> {out (B, Hq, Nq, Dv) in q's dtype, lse (B, Hq, Nq) float32 (float64 for float64)}
 //   attention_bwd -> {dq, dk, dv} shaped and typed like q, k, v
+// out and dq are laid out (B, Nq, Hq, X) in memory where heads_inner(q), else contiguous; dk and
+// dv are contiguous.
 std::vector<at::Tensor> attention_fwd(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                       const AttnOptions& opt);
 std::vector<at::Tensor> attention_bwd(const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k,

@@ -385,12 +385,12 @@ void forward(const AttnParams& p) {
       }
 
       // out = acc / l; lse = m + log(l); rows with nothing attended: out 0, lse -inf
-      T* out = static_cast<T*>(p.out) + (bh * p.Nq + i0) * p.Dv;
+      T* out = static_cast<T*>(p.out) + head.b * p.out_sb + head.h * p.out_sh + i0 * p.out_sn;
       T* lse = static_cast<T*>(p.lse) + bh * p.Nq + i0;
       for (int64_t r = 0; r < rows; ++r) {
         const bool any = l[r] > T(0);
-        std::copy_n(acc.data() + r * p.Dv, p.Dv, out + r * p.Dv);
-        scale_row(out + r * p.Dv, p.Dv, any ? T(1) / l[r] : T(0));
+        std::copy_n(acc.data() + r * p.Dv, p.Dv, out + r * p.out_sn);
+        scale_row(out + r * p.out_sn, p.Dv, any ? T(1) / l[r] : T(0));
         lse[r] = any ? m[r] + std::log(l[r]) : kNegInf<T>;
       }
     }
@@ -432,7 +432,7 @@ void backward(const AttnParams& p) {
       const T* o = static_cast<const T*>(p.o) + head.b * p.o_sb + head.h * p.o_sh;
       const T* lse = static_cast<const T*>(p.lse) + bh * p.Nq;
       const T* dlse = p.dlse ? static_cast<const T*>(p.dlse) + bh * p.Nq : nullptr;
-      T* dq = static_cast<T*>(p.dq) + bh * p.Nq * p.D;
+      T* dq = static_cast<T*>(p.dq) + head.b * p.dq_sb + head.h * p.dq_sh;
       T* dk = static_cast<T*>(p.dk_parts) + item * p.Nk * p.D;
       T* dv = static_cast<T*>(p.dv_parts) + item * p.Nk * p.Dv;
       std::fill(dk, dk + p.Nk * p.D, T(0));
@@ -533,7 +533,7 @@ void backward(const AttnParams& p) {
             }
           }
         }
-        std::copy_n(dq_acc.data(), rows * p.D, dq + i0 * p.D);
+        for (int64_t r = 0; r < rows; ++r) std::copy_n(dq_acc.data() + r * p.D, p.D, dq + (i0 + r) * p.dq_sn);
       }
     }
     if constexpr (kBf16) blas::brgemm_release();

@@ -7,7 +7,8 @@
                            -> (dq, dk, dv)
 
 Shapes: q ``(B, Hq, Nq, D)``, k ``(B, Hkv, Nk, D)``, v ``(B, Hkv, Nk, Dv)`` (Hkv divides Hq), any
-strides with a unit last stride; out ``(B, Hq, Nq, Dv)`` in q's dtype; lse ``(B, Hq, Nq)`` float32
+strides with a unit last stride; out ``(B, Hq, Nq, Dv)`` in q's dtype (laid out like q on the cpu and
+triton backends: :func:`new_like_q`, as is dq); lse ``(B, Hq, Nq)`` float32
 (float64 for float64 input), ``-inf`` for rows that attend nothing. ``out_acc`` is the output
 at the compute precision (float32) for float16/bfloat16 inputs, kept for the backward's
 ``delta = rowsum(dO * O)`` (from the rounded output, delta's error shifts every dS of a row and
@@ -49,13 +50,34 @@ def _attention_fwd(q: Tensor, k: Tensor, v: Tensor, attn_mask: Optional[Tensor],
     return out, lse, out_acc
 
 
+# Backends whose out and dq follow q's layout (new_like_q); the cuda backend's are contiguous.
+FOLLOWS_Q_LAYOUT = ("cpu", "triton")
+
+
+def heads_inner(q: Tensor) -> bool:
+    """Whether q ``(B, Hq, Nq, D)`` has its heads inside its rows in memory, ``(B, Nq, Hq, D)``, as
+    ``q_proj(x).view(B, N, H, D).transpose(1, 2)`` gives (csrc/cpu/attention.h has the same rule)."""
+    return q.shape[1] > 1 and q.shape[2] > 1 and q.stride(1) < q.stride(2)
+
+
+def new_like_q(q: Tensor, x: int, dtype: torch.dtype, backend: str = "cpu") -> Tensor:
+    """A new ``(B, Hq, Nq, x)`` output or dq for ``backend``: laid out ``(B, Nq, Hq, x)`` in memory
+    where ``heads_inner(q)`` and the backend follows q's layout (as torch's CPU SDPA lays out its
+    output), so ``out.transpose(1, 2).reshape(B, N, H * x)`` and the gradient's way back to the
+    projection are views, not copies; contiguous otherwise."""
+    b, h, n, _ = q.shape
+    if backend in FOLLOWS_Q_LAYOUT and heads_inner(q):
+        return q.new_empty(b, n, h, x, dtype=dtype).transpose(1, 2)
+    return q.new_empty(b, h, n, x, dtype=dtype)
+
+
 def _attention_fwd_fake(q, k, v, attn_mask, alibi_slopes, seed, scale, softcap, window_left, window_right,
                         bottom_right, dropout_p, deterministic, backend):
     b, h, n, _ = q.shape
-    out = q.new_empty(b, h, n, v.shape[-1])
+    out = new_like_q(q, v.shape[-1], q.dtype, backend)
     lse = q.new_empty(b, h, n, dtype=_stat_dtype(q.dtype))
     half = q.dtype in (torch.float16, torch.bfloat16)
-    out_acc = q.new_empty(b, h, n, v.shape[-1], dtype=torch.float32) if half else q.new_empty(0)
+    out_acc = new_like_q(q, v.shape[-1], torch.float32, backend) if half else q.new_empty(0)
     return out, lse, out_acc
 
 
@@ -76,7 +98,7 @@ def _attention_bwd(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, l
 
 def _attention_bwd_fake(dout, q, k, v, out, lse, dlse, attn_mask, alibi_slopes, seed, scale, softcap, window_left,
                         window_right, bottom_right, dropout_p, deterministic, backend):
-    return (torch.empty(q.shape, dtype=q.dtype, device=q.device),
+    return (new_like_q(q, q.shape[-1], q.dtype, backend),
             torch.empty(k.shape, dtype=k.dtype, device=k.device),
             torch.empty(v.shape, dtype=v.dtype, device=v.device))
 

@@ -35,6 +35,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from zenattn.ops.attention import new_like_q
 from zenattn.triton import interpreting
 from zenattn.triton.common import (acc_dtype, autotuned, dot, dropout_args, dropout_keep, round_bf16,
                                    serialized_in_interpreter, stat_dtype, store_rounded, tanh, to_dtype)
@@ -441,13 +442,14 @@ def head_dim_blocks(d: int, dv: int, device: torch.device) -> tuple[int, int]:
 def attention_fwd(q: Tensor, k: Tensor, v: Tensor, attn_mask: Optional[Tensor], alibi_slopes: Optional[Tensor],
                   seed: Optional[Tensor], scale: float, softcap: float, window_left: int, window_right: int,
                   bottom_right: bool, dropout_p: float) -> list[Tensor]:
+    q_in = q
     q, k, v = (_unit_last_stride(t) for t in (q, k, v))
     B, H, Nq, _ = q.shape
     # Half-precision inputs: the kernel writes the output in float32 (kept for the backward's
     # delta = rowsum(dO * O): from the rounded output it would shift every dS of a row by up to a
     # rounding step of O), and the caller gets it rounded to q's dtype.
     half = q.dtype in (torch.float16, torch.bfloat16)
-    out = torch.empty(B, H, Nq, v.shape[3], dtype=torch.float32 if half else q.dtype, device=q.device)
+    out = new_like_q(q_in, v.shape[3], torch.float32 if half else q.dtype, "triton")
     lse = torch.empty(B, H, Nq, dtype=stat_dtype(q.dtype), device=q.device)
     sizes, blocks = _sizes(q, k, v)
 
@@ -470,10 +472,11 @@ def attention_bwd(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, ls
                   attn_mask: Optional[Tensor], alibi_slopes: Optional[Tensor], seed: Optional[Tensor], scale: float,
                   softcap: float, window_left: int, window_right: int, bottom_right: bool,
                   dropout_p: float) -> list[Tensor]:
+    q_in = q
     q, k, v = (_unit_last_stride(t) for t in (q, k, v))
     B, H, Nq, _ = q.shape
     Hk, Nk, DV = k.shape[1], k.shape[2], v.shape[3]
-    dq = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    dq = new_like_q(q_in, q.shape[3], q.dtype, "triton")
     dk = torch.empty(k.shape, dtype=k.dtype, device=k.device)
     dv = torch.empty(v.shape, dtype=v.dtype, device=v.device)
     if B * H * Nq == 0 or Nk == 0:  # nothing attends anything: every gradient is 0
