@@ -90,17 +90,19 @@ def _params_like(x: Tensor, *params: Optional[Tensor]) -> list[Optional[Tensor]]
 def _over_last_dim(shape: tuple[int, ...], x: Tensor, residual: Optional[Tensor],
                    *params: Optional[Tensor]):
     """The norm ops normalize over the last dim: collapse the normalized dims into one."""
+    if len(shape) == 1:  # already so (views cost a few us each under autograd: skipped)
+        return x, residual, list(params)
     n = math.prod(shape)
-    if len(shape) > 1:
-        lead = x.shape[: x.dim() - len(shape)]
-        x = x.reshape(*lead, n)
-        residual = None if residual is None else residual.reshape(*lead, n)
+    lead = x.shape[: x.dim() - len(shape)]
+    x = x.reshape(*lead, n)
+    residual = None if residual is None else residual.reshape(*lead, n)
     return x, residual, [None if p is None else p.reshape(n) for p in params]
 
 
 def _norm_result(y: Tensor, s: Tensor, input: Tensor, residual: Optional[Tensor]):
-    y = y.view(input.shape)
-    return y if residual is None else (y, s.view(input.shape))
+    if y.dim() == input.dim():  # normalized over the last dim: already the input's shape
+        return y if residual is None else (y, s)
+    return y.view(input.shape) if residual is None else (y.view(input.shape), s.view(input.shape))
 
 
 def _dropout_seed(fn: str, dropout_p: float) -> Optional[Tensor]:

@@ -72,7 +72,11 @@ def _needs_op(tensors: list) -> bool:
     """Whether the op itself must run: while torch.compile traces, under functorch transforms, or
     on tensor subclasses (fake tensors, ...)."""
     return (torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active()
-            or any(type(t) is not torch.Tensor for t in tensors))
+            or any(type(t) not in _PLAIN for t in tensors))
+
+
+# Plain tensors: nn.Parameter is a subclass that disables __torch_function__, nothing to dispatch.
+_PLAIN = (torch.Tensor, torch.nn.Parameter)
 
 
 def _tracks_grad(tensors: list) -> bool:
