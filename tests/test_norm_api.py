@@ -295,3 +295,25 @@ def test_triton_norm_compiles_fullgraph(kind):
     got, want = compiled(x, w), fn(x, w)
     torch.testing.assert_close(got, want)
     torch.testing.assert_close(torch.autograd.grad(got.sum(), (x, w)), torch.autograd.grad(want.sum(), (x, w)))
+
+
+# ---- higher-order gradients -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("residual", [False, True])
+@pytest.mark.parametrize("module", [zenattn.nn.LayerNorm, zenattn.nn.RMSNorm])
+def test_double_backward_raises_instead_of_silent_zeros(module, residual):
+    """The kernels' backward has no derivative: a second backward through it must fail loudly (torch
+    alone would only warn and treat it as constant: a wrong, zero second derivative), while the
+    torch backend gives the true one."""
+    torch.manual_seed(0)
+    x, r = torch.randn(4, 8, requires_grad=True), torch.randn(4, 8)
+
+    def first_grad(norm):
+        y = norm(x, residual=r)[0] if residual else norm(x)
+        return torch.autograd.grad(y.pow(3).sum(), x, create_graph=True)[0]
+
+    probe = torch.randn(4, 8)  # not all ones: a LayerNorm's gradient always sums to 0 over a row
+    with pytest.raises(RuntimeError, match="not differentiable"):
+        torch.autograd.grad((first_grad(module(8)) * probe).sum(), x)
+    (second,) = torch.autograd.grad((first_grad(module(8, backend="torch")) * probe).sum(), x)
+    assert second.abs().sum() > 0

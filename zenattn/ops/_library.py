@@ -52,6 +52,16 @@ def register_autograd(op, impl, setup_context, backward):
     return call
 
 
+def refuse_double_backward(op, what: str) -> None:
+    """Make differentiating backward op ``op`` (create_graph=True, then a second backward through
+    it) raise, naming ``what``: without an autograd registration torch only warns and treats the
+    op as constant, a silently wrong (zero) higher-order gradient."""
+    def backward(ctx, *grads):
+        raise RuntimeError(f"zenattn {what}: the backward is not differentiable (no double backward / "
+                           f"create_graph=True through {what}); use backend='torch' for higher-order gradients")
+    torch.library.register_autograd(op._name, backward, lib=lib)
+
+
 def eager(op, impl):
     """The callable for an op that has no gradient of its own to give (the backward ops, whose
     autograd registration only refuses double backward): ``impl`` directly in eager mode on plain

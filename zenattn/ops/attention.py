@@ -32,7 +32,7 @@ from torch import Tensor
 from zenattn import backends
 from zenattn.ops._library import define as _define
 from zenattn.ops._library import eager as _eager
-from zenattn.ops._library import lib as _lib
+from zenattn.ops._library import refuse_double_backward as _refuse_double_backward
 from zenattn.ops._library import register_autograd as _register_autograd
 from zenattn.ops._library import stat_dtype as _stat_dtype
 
@@ -131,13 +131,8 @@ def _attention_backward(ctx, dout, dlse, _dout_acc):
 attention = _register_autograd(attention_fwd, _attention_fwd, _attention_setup, _attention_backward)
 
 
-def _attention_double_backward(ctx, *grads):
-    raise RuntimeError("zenattn attention: the backward is not differentiable (no double backward / "
-                       "create_graph=True through attention); use backend='torch' for higher-order gradients")
+_refuse_double_backward(attention_bwd, "attention")
 
-
-# Without this, differentiating the backward would silently give zero (torch only warns).
-torch.library.register_autograd("zenattn::attention_bwd", _attention_double_backward, lib=_lib)
 
 def _triton_attention():
     from zenattn.triton import attention  # noqa: PLC0415  (imports triton: only at first use)

@@ -42,6 +42,7 @@ from torch import Tensor
 from zenattn import backends
 from zenattn.ops._library import define as _define
 from zenattn.ops._library import eager as _eager
+from zenattn.ops._library import refuse_double_backward as _refuse_double_backward
 from zenattn.ops._library import register_autograd as _register_autograd
 from zenattn.ops._library import stat_dtype as _stat_dtype
 
@@ -150,6 +151,7 @@ def _layer_norm_backward(ctx, dy, dsum, _dmean, _drstd):
 
 
 layer_norm = _register_autograd(layer_norm_fwd, _layer_norm_fwd, _layer_norm_setup, _layer_norm_backward)
+_refuse_double_backward(layer_norm_bwd, "layer_norm")
 
 
 # ---- RMSNorm --------------------------------------------------------------------------------
@@ -213,6 +215,7 @@ def _rms_norm_backward(ctx, dy, dsum, _drstd):
 
 
 rms_norm = _register_autograd(rms_norm_fwd, _rms_norm_fwd, _rms_norm_setup, _rms_norm_backward)
+_refuse_double_backward(rms_norm_bwd, "rms_norm")
 
 
 # ---- backends implementing both families with exactly these signatures ---------------------------
