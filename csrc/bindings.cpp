@@ -90,6 +90,15 @@ std::vector<at::Tensor> norm_fwd(const at::Tensor& x, const std::optional<at::Te
   return zenattn::cpu::norm_fwd(x, weight, bias, residual, eps, rms, seed, dropout_p);
 }
 
+std::vector<at::Tensor> norm_autograd(const at::Tensor& x, const std::optional<at::Tensor>& weight,
+                                      const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& residual,
+                                      double eps, bool rms, int64_t seed, double dropout_p) {
+  check_norm_inputs(x, weight, bias, residual);
+  TORCH_CHECK(!(rms && bias.has_value()), kOp, ": RMSNorm takes no bias");
+  check_dropout(dropout_p);
+  return zenattn::cpu::norm_autograd(x, weight, bias, residual, eps, rms, seed, dropout_p);
+}
+
 std::vector<at::Tensor> norm_bwd(const at::Tensor& dy, const std::optional<at::Tensor>& dsum, const at::Tensor& x,
                                  const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& mean,
                                  const at::Tensor& rstd, bool has_bias, double eps, bool rms, int64_t seed,
@@ -183,6 +192,18 @@ std::vector<at::Tensor> attention_fwd(const at::Tensor& q, const at::Tensor& k, 
   return zenattn::cpu::attention_fwd(q, k, v, opt);
 }
 
+std::vector<at::Tensor> attention_autograd(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                           const std::optional<at::Tensor>& attn_mask,
+                                           const std::optional<at::Tensor>& alibi_slopes,
+                                           const std::optional<at::Tensor>& seed, double scale, double softcap,
+                                           int64_t window_left, int64_t window_right, bool bottom_right,
+                                           double dropout_p) {
+  check_qkv(q, k, v);
+  const auto opt = attn_options(q, k, attn_mask, alibi_slopes, seed, scale, softcap, window_left, window_right,
+                                bottom_right, dropout_p);
+  return zenattn::cpu::attention_autograd(q, k, v, opt);
+}
+
 std::vector<at::Tensor> attention_bwd(const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k,
                                       const at::Tensor& v, const at::Tensor& out, const at::Tensor& lse,
                                       const std::optional<at::Tensor>& dlse,
@@ -261,11 +282,18 @@ PYBIND11_MODULE(_C, m) {
   m.def("norm_bwd", &norm_bwd, py::arg("dy"), py::arg("dsum"), py::arg("x"), py::arg("weight"), py::arg("mean"),
         py::arg("rstd"), py::arg("has_bias"), py::arg("eps"), py::arg("rms"), py::arg("seed"), py::arg("dropout_p"),
         py::arg("has_residual"), "LayerNorm/RMSNorm backward: returns [dx, dweight|None, dbias|None, dresidual|None]");
+  m.def("norm_autograd", &norm_autograd, py::arg("x"), py::arg("weight"), py::arg("bias"), py::arg("residual"),
+        py::arg("eps"), py::arg("rms"), py::arg("seed"), py::arg("dropout_p"),
+        "norm_fwd with its autograd in C++: returns [y, sum, mean, rstd] (absent ones: 0 elements)");
   m.def("attention_fwd", &attention_fwd, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("attn_mask"),
         py::arg("alibi_slopes"), py::arg("seed"), py::arg("scale"), py::arg("softcap"), py::arg("window_left"),
         py::arg("window_right"), py::arg("bottom_right"), py::arg("dropout_p"),
         "Flash attention forward: returns [out (B, Hq, Nq, Dv), lse (B, Hq, Nq), out_acc (the float32 output "
         "for float16/bfloat16 inputs, else empty)]");
+  m.def("attention_autograd", &attention_autograd, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("attn_mask"),
+        py::arg("alibi_slopes"), py::arg("seed"), py::arg("scale"), py::arg("softcap"), py::arg("window_left"),
+        py::arg("window_right"), py::arg("bottom_right"), py::arg("dropout_p"),
+        "attention_fwd with its autograd in C++: returns [out, lse, out_acc]");
   m.def("attention_bwd", &attention_bwd, py::arg("dout"), py::arg("q"), py::arg("k"), py::arg("v"),
         py::arg("out"), py::arg("lse"), py::arg("dlse"), py::arg("attn_mask"), py::arg("alibi_slopes"), py::arg("seed"),
         py::arg("scale"), py::arg("softcap"), py::arg("window_left"), py::arg("window_right"),

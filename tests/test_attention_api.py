@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 import zenattn
 from zenattn import backends
+from zenattn.ops import attention as attention_ops
 from zenattn.reference import attention_ref
 
 from parity import KERNELS, exact_dtype, exact_tol, skip_if_declined
@@ -474,13 +475,48 @@ def test_torch_compile_of_projected_heads_matches_eager(backend):
     torch.testing.assert_close(torch.autograd.grad(y_comp, x, dy)[0], torch.autograd.grad(y_eager, x, dy)[0])
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("case", ["plain", "gqa causal mask", "dropout window", "lse only", "out and lse"])
+def test_cpu_eager_cpp_autograd_equals_the_registered_op(case, dtype):
+    """Eager cpu calls that track a gradient run csrc/cpu/attention_autograd.cpp; the zenattn::
+    op (what torch.compile traces) runs the Python autograd registration. Same kernels, so the
+    same bits: outputs and the three gradients, with the loss on the output, the lse or both."""
+    if not backends.status("cpu").usable:
+        pytest.skip(f"the cpu backend cannot run here: {backends.status('cpu').reason}")
+    torch.manual_seed(0)
+    hkv = 2 if "gqa" in case else 4
+    q0 = torch.randn(2, 4, 70, 16, dtype=dtype)
+    k0, v0 = torch.randn(2, hkv, 90, 16, dtype=dtype), torch.randn(2, hkv, 90, 16, dtype=dtype)
+    mask = torch.rand(70, 90) > 0.2 if "mask" in case else None
+    seed = torch.tensor(77) if "dropout" in case else None
+    p = 0.25 if seed is not None else 0.0
+    window_right = 0 if "causal" in case else -1
+    window_left = 20 if "window" in case else -1
+
+    def run(native: bool):
+        q, k, v = (t.clone().requires_grad_() for t in (q0, k0, v0))
+        args = (q, k, v, mask, None, seed, 0.3, 0.0, window_left, window_right, True, p, False, "cpu")
+        out, lse, _ = attention_ops.attention(*args) if native else torch.ops.zenattn.attention_fwd(*args)
+        assert ("AttentionFunction" in out.grad_fn.name()) == native, out.grad_fn.name()
+        weights = torch.linspace(-1, 1, out.shape[-1])
+        loss = {"lse only": lse.sum(), "out and lse": (out.float() * weights).sum() + lse.sum()}.get(
+            case, (out.float() * weights).sum())
+        loss.backward()
+        return [out, lse, q.grad, k.grad, v.grad]
+
+    for a, b in zip(run(True), run(False)):
+        assert torch.equal(a, b)
+
+
 @pytest.mark.parametrize("backend", KERNELS)
 def test_double_backward_raises_instead_of_silent_zeros(backend):
-    """The kernels' backward has no derivative: differentiating it must fail loudly, not give 0."""
+    """The kernels' backward has no derivative: differentiating it must fail loudly, not give 0.
+    (The eager cpu path, whose autograd is C++, refuses create_graph=True itself; the others at
+    the second backward.)"""
     q, k, v = (t.requires_grad_(True) for t in _qkv())
     out = zenattn.attention(q, k, v, backend=backend)
-    (gq,) = torch.autograd.grad(out.pow(2).sum(), q, create_graph=True)
     with pytest.raises(RuntimeError, match="not differentiable"):
+        (gq,) = torch.autograd.grad(out.pow(2).sum(), q, create_graph=True)
         gq.sum().backward()
 
 

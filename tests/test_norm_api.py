@@ -317,3 +317,38 @@ def test_double_backward_raises_instead_of_silent_zeros(module, residual):
         torch.autograd.grad((first_grad(module(8)) * probe).sum(), x)
     (second,) = torch.autograd.grad((first_grad(module(8, backend="torch")) * probe).sum(), x)
     assert second.abs().sum() > 0
+
+
+# ---- the C++ autograd of the eager cpu path ----------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("case", ["ln", "ln affine", "ln residual", "ln residual dropout", "rms", "rms affine residual",
+                                  "rms dropout"])
+def test_cpu_eager_cpp_autograd_equals_the_registered_op(case, dtype):
+    """Eager cpu calls that track a gradient run csrc/cpu/norm_autograd.cpp; torch.ops.zenattn.*
+    (what torch.compile traces) runs the Python autograd registration. Same kernels, so the same
+    bits: outputs and every gradient, including unused outputs (no grad) and dropout's mask."""
+    if not backends.status("cpu").usable:
+        pytest.skip(f"the cpu backend cannot run here: {backends.status('cpu').reason}")
+    torch.manual_seed(0)
+    rms, affine, residual, p = "rms" in case, "affine" in case, "residual" in case, 0.3 if "dropout" in case else 0.0
+    x0, r0 = torch.randn(6, 5, 24, dtype=dtype), torch.randn(6, 5, 24, dtype=dtype)
+    w0, b0 = torch.randn(24, dtype=dtype), torch.randn(24, dtype=dtype)
+    seed = torch.tensor(1234)
+
+    def run(native: bool):
+        x, r, w, b = (t.clone().requires_grad_() for t in (x0, r0, w0, b0))
+        args = (w if affine else None,) + (() if rms else (b if affine else None,))
+        args = (x, *args, r if residual else None, seed if p else None, 1e-5, p, "cpu")
+        op = zenattn.ops.norm.rms_norm if rms else zenattn.ops.norm.layer_norm
+        outs = op(*args) if native else (torch.ops.zenattn.rms_norm_fwd if rms else torch.ops.zenattn.layer_norm_fwd)(*args)
+        y, s = outs[0], outs[1]
+        assert ("NormFunction" in y.grad_fn.name()) == native, y.grad_fn.name()
+        loss = (y.float() * torch.linspace(-1, 1, 24)).sum() + (s.float().pow(2).sum() if residual else 0)
+        loss.backward()
+        return [y, s] + [t.grad for t in (x, r, w, b)]
+
+    for a, b in zip(run(True), run(False)):
+        assert (a is None) == (b is None)
+        if a is not None:
+            assert torch.equal(a, b)

@@ -143,6 +143,12 @@ std::vector<at::Tensor> attention_bwd(const at::Tensor& dout, const at::Tensor& 
                                       const at::Tensor& v, const at::Tensor& out, const at::Tensor& lse,
                                       const std::optional<at::Tensor>& dlse, const AttnOptions& opt);
 
+// attention_fwd with its autograd attached (csrc/cpu/attention_autograd.cpp): {out, lse, out_acc},
+// differentiable in q, k and v (and out and lse). What the eager "cpu" path of
+// zenattn/ops/attention.py calls when a gradient is tracked.
+std::vector<at::Tensor> attention_autograd(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                           const AttnOptions& opt);
+
 // The dropout keep mask the kernels draw for (seed, p): bool (B, H, Nq, Nk). For tests.
 at::Tensor attention_dropout_keep(int64_t seed, int64_t B, int64_t H, int64_t Nq, int64_t Nk, double p);
 

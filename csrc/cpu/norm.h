@@ -88,4 +88,10 @@ std::vector<at::Tensor> norm_bwd(const at::Tensor& dy, const std::optional<at::T
                                  const at::Tensor& rstd, bool has_bias, double eps, bool rms, int64_t seed,
                                  double dropout_p, bool has_residual);
 
+// norm_fwd with its autograd attached (csrc/cpu/norm_autograd.cpp): {y, sum, mean, rstd}, absent
+// outputs as 0-element placeholders; differentiable in x, weight, bias and residual. What the eager "cpu" path of zenattn/ops/norm.py calls when a gradient is tracked.
+std::vector<at::Tensor> norm_autograd(const at::Tensor& x, const std::optional<at::Tensor>& weight,
+                                      const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& residual,
+                                      double eps, bool rms, int64_t seed, double dropout_p);
+
 }  // namespace zenattn::cpu

@@ -18,7 +18,7 @@ def define(schema: str, impl, fake):
     return getattr(torch.ops.zenattn, name).default
 
 
-def register_autograd(op, impl, setup_context, backward):
+def register_autograd(op, impl, setup_context, backward, native=None):
     """Register ``op``'s autograd with torch.library (``setup_context`` and ``backward`` as
     ``torch.library.register_autograd`` takes them) and return the callable the functional API
     calls instead of the op:
@@ -29,7 +29,12 @@ def register_autograd(op, impl, setup_context, backward):
       ``autograd.Function`` running the same ``setup_context`` and ``backward``. That skips the
       dispatcher and torch.library's per-call argument handling, which cost 30-70 us a call in
       torch 2.13 (its ``fill_defaults`` alone ~30 us): more than the kernel of a 16x128x128
-      LayerNorm (~70 us)."""
+      LayerNorm (~70 us).
+
+    ``native``, if given, takes the same arguments and runs the op with its autograd in C++ (for
+    the backends that have one), or returns NotImplemented: tried first for eager calls that track a
+    gradient, it also saves the Python autograd.Function's cost (about 25 us a call forward and
+    more backward)."""
     torch.library.register_autograd(op._name, backward, setup_context=setup_context, lib=lib)
 
     def forward(ctx, *args):
@@ -47,6 +52,10 @@ def register_autograd(op, impl, setup_context, backward):
         if _needs_op(tensors):
             return op(*args)
         if _tracks_grad(tensors):
+            if native is not None:
+                output = native(*args)
+                if output is not NotImplemented:
+                    return output
             return Eager.apply(*args)
         return impl(*args)
     return call
