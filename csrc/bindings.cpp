@@ -81,22 +81,19 @@ void check_dropout(double p) {
   TORCH_CHECK(p >= 0.0 && p < 1.0, kOp, ": dropout_p must be in [0, 1), got ", p);
 }
 
-std::vector<at::Tensor> norm_fwd(const at::Tensor& x, const std::optional<at::Tensor>& weight,
-                                 const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& residual,
-                                 double eps, bool rms, int64_t seed, double dropout_p) {
+// The forward entry points, norm_fwd and norm_autograd (the forward with its autograd attached):
+// checked inputs, then the launcher Launch.
+using NormForward = std::vector<at::Tensor> (*)(const at::Tensor&, const std::optional<at::Tensor>&,
+                                                const std::optional<at::Tensor>&, const std::optional<at::Tensor>&,
+                                                double, bool, int64_t, double);
+template <NormForward Launch>
+std::vector<at::Tensor> norm_forward(const at::Tensor& x, const std::optional<at::Tensor>& weight,
+                                     const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& residual,
+                                     double eps, bool rms, int64_t seed, double dropout_p) {
   check_norm_inputs(x, weight, bias, residual);
   TORCH_CHECK(!(rms && bias.has_value()), kOp, ": RMSNorm takes no bias");
   check_dropout(dropout_p);
-  return zenattn::cpu::norm_fwd(x, weight, bias, residual, eps, rms, seed, dropout_p);
-}
-
-std::vector<at::Tensor> norm_autograd(const at::Tensor& x, const std::optional<at::Tensor>& weight,
-                                      const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& residual,
-                                      double eps, bool rms, int64_t seed, double dropout_p) {
-  check_norm_inputs(x, weight, bias, residual);
-  TORCH_CHECK(!(rms && bias.has_value()), kOp, ": RMSNorm takes no bias");
-  check_dropout(dropout_p);
-  return zenattn::cpu::norm_autograd(x, weight, bias, residual, eps, rms, seed, dropout_p);
+  return Launch(x, weight, bias, residual, eps, rms, seed, dropout_p);
 }
 
 std::vector<at::Tensor> norm_bwd(const at::Tensor& dy, const std::optional<at::Tensor>& dsum, const at::Tensor& x,
@@ -180,28 +177,20 @@ zenattn::cpu::AttnOptions attn_options(const at::Tensor& q, const at::Tensor& k,
   return {scale, softcap, window_left, window_right, bottom_right, dropout_p, attn_mask, alibi_slopes, seed};
 }
 
-std::vector<at::Tensor> attention_fwd(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                                      const std::optional<at::Tensor>& attn_mask,
-                                      const std::optional<at::Tensor>& alibi_slopes,
-                                      const std::optional<at::Tensor>& seed, double scale, double softcap,
-                                      int64_t window_left, int64_t window_right, bool bottom_right,
-                                      double dropout_p) {
+// The forward entry points, attention_fwd and attention_autograd (the forward with its autograd
+// attached): checked inputs, then the launcher Launch.
+using AttnForward = std::vector<at::Tensor> (*)(const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                                const zenattn::cpu::AttnOptions&);
+template <AttnForward Launch>
+std::vector<at::Tensor> attention_forward(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                          const std::optional<at::Tensor>& attn_mask,
+                                          const std::optional<at::Tensor>& alibi_slopes,
+                                          const std::optional<at::Tensor>& seed, double scale, double softcap,
+                                          int64_t window_left, int64_t window_right, bool bottom_right,
+                                          double dropout_p) {
   check_qkv(q, k, v);
-  const auto opt = attn_options(q, k, attn_mask, alibi_slopes, seed, scale, softcap, window_left, window_right,
-                                bottom_right, dropout_p);
-  return zenattn::cpu::attention_fwd(q, k, v, opt);
-}
-
-std::vector<at::Tensor> attention_autograd(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                                           const std::optional<at::Tensor>& attn_mask,
-                                           const std::optional<at::Tensor>& alibi_slopes,
-                                           const std::optional<at::Tensor>& seed, double scale, double softcap,
-                                           int64_t window_left, int64_t window_right, bool bottom_right,
-                                           double dropout_p) {
-  check_qkv(q, k, v);
-  const auto opt = attn_options(q, k, attn_mask, alibi_slopes, seed, scale, softcap, window_left, window_right,
-                                bottom_right, dropout_p);
-  return zenattn::cpu::attention_autograd(q, k, v, opt);
+  return Launch(q, k, v, attn_options(q, k, attn_mask, alibi_slopes, seed, scale, softcap, window_left,
+                                      window_right, bottom_right, dropout_p));
 }
 
 std::vector<at::Tensor> attention_bwd(const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k,
@@ -254,6 +243,20 @@ py::dict build_info() {
 
 }  // namespace
 
+// The two forward entry points of each op family (plain, and with autograd) share their arguments.
+template <typename F>
+void def_norm_forward(py::module_& m, const char* name, F fn, const char* doc) {
+  m.def(name, fn, py::arg("x"), py::arg("weight"), py::arg("bias"), py::arg("residual"), py::arg("eps"),
+        py::arg("rms"), py::arg("seed"), py::arg("dropout_p"), doc);
+}
+
+template <typename F>
+void def_attention_forward(py::module_& m, const char* name, F fn, const char* doc) {
+  m.def(name, fn, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("attn_mask"), py::arg("alibi_slopes"),
+        py::arg("seed"), py::arg("scale"), py::arg("softcap"), py::arg("window_left"), py::arg("window_right"),
+        py::arg("bottom_right"), py::arg("dropout_p"), doc);
+}
+
 PYBIND11_MODULE(_C, m) {
   m.doc() = "zenattn compiled kernels (C++ CPU; CUDA C++ when built with CUDA)";
 #ifdef ZENATTN_WITH_CUDA
@@ -276,24 +279,19 @@ PYBIND11_MODULE(_C, m) {
         "CUDA flash attention backward: returns [dq, dk, dv]");
 #endif
   m.def("build_info", &build_info, "How this extension was built and which CPU kernels run here");
-  m.def("norm_fwd", &norm_fwd, py::arg("x"), py::arg("weight"), py::arg("bias"), py::arg("residual"),
-        py::arg("eps"), py::arg("rms"), py::arg("seed"), py::arg("dropout_p"),
-        "LayerNorm/RMSNorm over the last dim of s = dropout(x) + residual: returns [y, sum|None, mean|None, rstd]");
+  def_norm_forward(m, "norm_fwd", &norm_forward<zenattn::cpu::norm_fwd>,
+                   "LayerNorm/RMSNorm over the last dim of s = dropout(x) + residual: returns [y, sum|None, "
+                   "mean|None, rstd]");
   m.def("norm_bwd", &norm_bwd, py::arg("dy"), py::arg("dsum"), py::arg("x"), py::arg("weight"), py::arg("mean"),
         py::arg("rstd"), py::arg("has_bias"), py::arg("eps"), py::arg("rms"), py::arg("seed"), py::arg("dropout_p"),
         py::arg("has_residual"), "LayerNorm/RMSNorm backward: returns [dx, dweight|None, dbias|None, dresidual|None]");
-  m.def("norm_autograd", &norm_autograd, py::arg("x"), py::arg("weight"), py::arg("bias"), py::arg("residual"),
-        py::arg("eps"), py::arg("rms"), py::arg("seed"), py::arg("dropout_p"),
-        "norm_fwd with its autograd in C++: returns [y, sum, mean, rstd] (absent ones: 0 elements)");
-  m.def("attention_fwd", &attention_fwd, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("attn_mask"),
-        py::arg("alibi_slopes"), py::arg("seed"), py::arg("scale"), py::arg("softcap"), py::arg("window_left"),
-        py::arg("window_right"), py::arg("bottom_right"), py::arg("dropout_p"),
+  def_norm_forward(m, "norm_autograd", &norm_forward<zenattn::cpu::norm_autograd>,
+                   "norm_fwd with its autograd in C++: returns [y, sum, mean, rstd] (absent ones: 0 elements)");
+  def_attention_forward(m, "attention_fwd", &attention_forward<zenattn::cpu::attention_fwd>,
         "Flash attention forward: returns [out (B, Hq, Nq, Dv), lse (B, Hq, Nq), out_acc (the float32 output "
         "for float16/bfloat16 inputs, else empty)]");
-  m.def("attention_autograd", &attention_autograd, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("attn_mask"),
-        py::arg("alibi_slopes"), py::arg("seed"), py::arg("scale"), py::arg("softcap"), py::arg("window_left"),
-        py::arg("window_right"), py::arg("bottom_right"), py::arg("dropout_p"),
-        "attention_fwd with its autograd in C++: returns [out, lse, out_acc]");
+  def_attention_forward(m, "attention_autograd", &attention_forward<zenattn::cpu::attention_autograd>,
+                        "attention_fwd with its autograd in C++: returns [out, lse, out_acc]");
   m.def("attention_bwd", &attention_bwd, py::arg("dout"), py::arg("q"), py::arg("k"), py::arg("v"),
         py::arg("out"), py::arg("lse"), py::arg("dlse"), py::arg("attn_mask"), py::arg("alibi_slopes"), py::arg("seed"),
         py::arg("scale"), py::arg("softcap"), py::arg("window_left"), py::arg("window_right"),

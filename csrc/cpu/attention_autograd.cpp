@@ -4,19 +4,12 @@
 // without the Python Function's per-call cost. torch.compile and functorch still go through the
 // zenattn:: ops and their Python registration.
 #include "cpu/attention.h"
-
-#include <ATen/record_function.h>
-#include <torch/csrc/autograd/custom_function.h>
+#include "cpu/autograd.h"
 
 namespace zenattn::cpu {
 namespace {
 
-using torch::autograd::AutogradContext;
-using torch::autograd::variable_list;
-
-std::optional<at::Tensor> present(const at::Tensor& t) {
-  return t.defined() ? std::optional<at::Tensor>(t) : std::nullopt;
-}
+using namespace autograd;
 
 struct AttentionFunction : public torch::autograd::Function<AttentionFunction> {
   // -> {out, lse, out_acc}, as attention_fwd; out_acc (the float32 output kept for the backward
@@ -46,11 +39,7 @@ struct AttentionFunction : public torch::autograd::Function<AttentionFunction> {
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     RECORD_FUNCTION("zenattn::attention_bwd", std::vector<c10::IValue>());
-    // The kernels' gradients carry no graph: a second backward through them would be silently
-    // zero, so create_graph=True through attention is refused here (the Python path refuses at
-    // the second backward; this one cannot tell the two apart).
-    TORCH_CHECK(!at::GradMode::is_enabled(), "zenattn attention: the backward is not differentiable (no double "
-                "backward / create_graph=True through attention); use backend='torch' for higher-order gradients");
+    refuse_create_graph("attention");
     const variable_list s = ctx->get_saved_variables();
     const at::Tensor &q = s[0], &k = s[1], &v = s[2], &out = s[3], &lse = s[4];
     const AttnOptions opt{ctx->saved_data["scale"].toDouble(), ctx->saved_data["softcap"].toDouble(),

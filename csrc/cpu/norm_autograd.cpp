@@ -5,23 +5,12 @@
 // sizes (2048 rows of 128-256) is as large as the kernel. torch.compile and functorch still go
 // through the zenattn:: ops and their Python registration.
 #include "cpu/norm.h"
-
-#include <ATen/record_function.h>
-#include <torch/csrc/autograd/custom_function.h>
-
-#include <string>
+#include "cpu/autograd.h"
 
 namespace zenattn::cpu {
 namespace {
 
-using torch::autograd::AutogradContext;
-using torch::autograd::variable_list;
-
-std::optional<at::Tensor> present(const at::Tensor& t) {
-  return t.defined() ? std::optional<at::Tensor>(t) : std::nullopt;
-}
-
-const char* op_name(bool rms) { return rms ? "rms_norm" : "layer_norm"; }
+using namespace autograd;
 
 // Profiler names, as the zenattn:: ops' (benchmarks/profile_model.py sorts ops by them).
 const char* fwd_name(bool rms) { return rms ? "zenattn::rms_norm_fwd" : "zenattn::layer_norm_fwd"; }
@@ -58,12 +47,7 @@ struct NormFunction : public torch::autograd::Function<NormFunction> {
     const variable_list saved = ctx->get_saved_variables();
     const at::Tensor& normed = saved[0];
     const at::Tensor& weight = saved[1];
-    // The kernels' gradients carry no graph: a second backward through them would be silently
-    // zero, so create_graph=True through the norm is refused here (the Python path refuses at the
-    // second backward; this one cannot tell the two apart).
-    TORCH_CHECK(!at::GradMode::is_enabled(), "zenattn ", op_name(rms), ": the backward is not differentiable (no "
-                "double backward / create_graph=True through ", op_name(rms), "); use backend='torch' for "
-                "higher-order gradients");
+    refuse_create_graph(rms ? "rms_norm" : "layer_norm");
     const bool has_residual = ctx->saved_data["has_residual"].toBool();
     const bool has_bias = ctx->saved_data["has_bias"].toBool();
     const double dropout_p = ctx->saved_data["dropout_p"].toDouble();
