@@ -1,9 +1,9 @@
 // The eager CPU LayerNorm / RMSNorm with its autograd in C++. zenattn/ops/norm.py's eager path
 // runs this for the "cpu" backend when a gradient is tracked, instead of its Python
 // autograd.Function: the same forward, saved tensors and backward (_layer_norm_setup /
-// _layer_norm_backward there), without the Python Function's per-call cost, which at a model's
-// sizes (2048 rows of 128-256) is as large as the kernel. torch.compile and functorch still go
-// through the zenattn:: ops and their Python registration.
+// _layer_norm_backward there), without the Python Function's per-call cost (a sizeable share of
+// a call at a model's sizes, 2048 rows of 128-256). torch.compile and functorch still go through
+// the zenattn:: ops and their Python registration.
 #include "cpu/norm.h"
 #include "cpu/autograd.h"
 

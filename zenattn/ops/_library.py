@@ -33,8 +33,9 @@ def register_autograd(op, impl, setup_context, backward, native=None):
 
     ``native``, if given, takes the same arguments and runs the op with its autograd in C++ (for
     the backends that have one), or returns NotImplemented: tried first for eager calls that track a
-    gradient, it also saves the Python autograd.Function's cost (about 25 us a call forward and
-    more backward)."""
+    gradient, it also saves the Python autograd.Function's cost (measured at 4x8 on the project's
+    VM: a LayerNorm forward 34 -> 25.5 us, forward+backward 132 -> 117 us; attention
+    forward+backward 137 -> 111 us)."""
     torch.library.register_autograd(op._name, backward, setup_context=setup_context, lib=lib)
 
     def forward(ctx, *args):
