@@ -31,9 +31,9 @@ def register_autograd(op, impl, setup_context, backward, native=None):
       torch 2.13 (its ``fill_defaults`` alone ~30 us): more than the kernel of a 16x128x128
       LayerNorm (~70 us).
 
-    ``native``, if given, takes the same arguments and runs the op with its autograd in C++ (for
-    the backends that have one), or returns NotImplemented: tried first for eager calls that track a
-    gradient, it also saves the Python autograd.Function's cost (measured at 4x8 on the project's
+    ``native``, if given, maps a backend name to a function of the same arguments that runs the op
+    with its autograd in C++ (the op's last argument names the backend): used instead of the
+    ``autograd.Function`` for eager calls on that backend that track a gradient, it also saves the Python autograd.Function's cost (measured at 4x8 on the project's
     VM: a LayerNorm forward 34 -> 25.5 us, forward+backward 132 -> 117 us; attention
     forward+backward 137 -> 111 us)."""
     torch.library.register_autograd(op._name, backward, setup_context=setup_context, lib=lib)
@@ -53,11 +53,8 @@ def register_autograd(op, impl, setup_context, backward, native=None):
         if _needs_op(tensors):
             return op(*args)
         if _tracks_grad(tensors):
-            if native is not None:
-                output = native(*args)
-                if output is not NotImplemented:
-                    return output
-            return Eager.apply(*args)
+            fast = native.get(args[-1]) if native else None
+            return fast(*args) if fast is not None else Eager.apply(*args)
         return impl(*args)
     return call
 

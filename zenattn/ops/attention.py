@@ -128,19 +128,16 @@ def _attention_backward(ctx, dout, dlse, _dout_acc):
     return (dq, dk, dv) + (None,) * 11
 
 
-def _attention_native(q, k, v, attn_mask, alibi_slopes, seed, scale, softcap, window_left, window_right,
-                      bottom_right, dropout_p, deterministic, backend):
+def _cpu_attention_autograd(q, k, v, attn_mask, alibi_slopes, seed, scale, softcap, window_left, window_right,
+                            bottom_right, dropout_p, deterministic, backend):
     """The cpu backend's attention with its autograd in C++ (csrc/cpu/attention_autograd.cpp; its
     backward is always deterministic)."""
-    if backend != "cpu":
-        return NotImplemented
-    out, lse, out_acc = backends.extension().attention_autograd(
-        q, k, v, attn_mask, alibi_slopes, seed, scale, softcap, window_left, window_right, bottom_right, dropout_p)
-    return out, lse, out_acc
+    return tuple(backends.extension().attention_autograd(
+        q, k, v, attn_mask, alibi_slopes, seed, scale, softcap, window_left, window_right, bottom_right, dropout_p))
 
 
 attention = _register_autograd(attention_fwd, _attention_fwd, _attention_setup, _attention_backward,
-                               _attention_native)
+                               {"cpu": _cpu_attention_autograd})
 
 
 _refuse_double_backward(attention_bwd, "attention")

@@ -150,17 +150,14 @@ def _layer_norm_backward(ctx, dy, dsum, _dmean, _drstd):
             None, None, None, None)
 
 
-def _layer_norm_native(x, weight, bias, residual, seed, eps, dropout_p, backend):
+def _cpu_layer_norm_autograd(x, weight, bias, residual, seed, eps, dropout_p, backend):
     """The cpu backend's LayerNorm with its autograd in C++ (csrc/cpu/norm_autograd.cpp)."""
-    if backend != "cpu":
-        return NotImplemented
-    y, s, mean, rstd = backends.extension().norm_autograd(x, weight, bias, residual, eps, False,
-                                                          _seed_int(seed, dropout_p), dropout_p)
-    return y, s, mean, rstd
+    return tuple(backends.extension().norm_autograd(x, weight, bias, residual, eps, False,
+                                                    _seed_int(seed, dropout_p), dropout_p))
 
 
 layer_norm = _register_autograd(layer_norm_fwd, _layer_norm_fwd, _layer_norm_setup, _layer_norm_backward,
-                                _layer_norm_native)
+                                {"cpu": _cpu_layer_norm_autograd})
 _refuse_double_backward(layer_norm_bwd, "layer_norm")
 
 
@@ -224,16 +221,15 @@ def _rms_norm_backward(ctx, dy, dsum, _drstd):
     return dx, dw if weight is not None else None, dres, None, None, None, None
 
 
-def _rms_norm_native(x, weight, residual, seed, eps, dropout_p, backend):
+def _cpu_rms_norm_autograd(x, weight, residual, seed, eps, dropout_p, backend):
     """The cpu backend's RMSNorm with its autograd in C++ (csrc/cpu/norm_autograd.cpp)."""
-    if backend != "cpu":
-        return NotImplemented
     y, s, _, rstd = backends.extension().norm_autograd(x, weight, None, residual, eps, True,
                                                        _seed_int(seed, dropout_p), dropout_p)
     return y, s, rstd
 
 
-rms_norm = _register_autograd(rms_norm_fwd, _rms_norm_fwd, _rms_norm_setup, _rms_norm_backward, _rms_norm_native)
+rms_norm = _register_autograd(rms_norm_fwd, _rms_norm_fwd, _rms_norm_setup, _rms_norm_backward,
+                              {"cpu": _cpu_rms_norm_autograd})
 _refuse_double_backward(rms_norm_bwd, "rms_norm")
 
 
