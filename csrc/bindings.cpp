@@ -285,6 +285,9 @@ PYBIND11_MODULE(_C, m) {
   m.def("norm_bwd", &norm_bwd, py::arg("dy"), py::arg("dsum"), py::arg("x"), py::arg("weight"), py::arg("mean"),
         py::arg("rstd"), py::arg("has_bias"), py::arg("eps"), py::arg("rms"), py::arg("seed"), py::arg("dropout_p"),
         py::arg("has_residual"), "LayerNorm/RMSNorm backward: returns [dx, dweight|None, dbias|None, dresidual|None]");
+  m.def("_set_norm_stream_threshold", &zenattn::cpu::set_norm_stream_threshold, py::arg("bytes"),
+        "Bytes a cpu norm call must touch before it writes its output with non-temporal stores (negative: the "
+        "default, the last-level cache size); returns the previous value. For tests.");
   def_norm_forward(m, "norm_autograd", &norm_forward<zenattn::cpu::norm_autograd>,
                    "norm_fwd with its autograd in C++: returns [y, sum, mean, rstd] (absent ones: 0 elements)");
   def_attention_forward(m, "attention_fwd", &attention_forward<zenattn::cpu::attention_fwd>,

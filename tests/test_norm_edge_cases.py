@@ -312,6 +312,58 @@ def test_large_row_count_weight_grad():
         assert_within_rule(name, grads["zen"][i], grads["torch"][i], grads["ref"][i], GRAD_FACTOR, torch.bfloat16)
 
 
+@pytest.fixture
+def stream_threshold():
+    """Sets the bytes a cpu norm call must touch before it writes with non-temporal stores;
+    restores the default afterwards."""
+    ext = zenattn.backends.extension()
+    yield ext._set_norm_stream_threshold
+    ext._set_norm_stream_threshold(-1)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64], ids=str)
+@pytest.mark.parametrize("hidden", [
+    1024,   # every row starts on a vector boundary: all rows streamed
+    1023,   # rows start at every alignment: some rows streamed, some not
+    9,      # shorter than one vector step
+])
+@pytest.mark.parametrize("kind", ["layer_norm", "rms_norm", "layer_norm residual dropout"])
+def test_streaming_stores_give_the_same_bits(stream_threshold, kind, hidden, dtype):
+    """Large calls write y / dx with non-temporal stores (csrc/cpu/norm.cpp): the same values as
+    plain stores, forced here on small tensors with a zero threshold."""
+    torch.manual_seed(0)
+    x = torch.randn(37, hidden, dtype=dtype, requires_grad=True)
+    w = torch.randn(hidden, dtype=dtype, requires_grad=True)
+    b = torch.randn(hidden, dtype=dtype, requires_grad=True)
+    r = torch.randn(37, hidden, dtype=dtype, requires_grad=True)
+    dy, ds = torch.randn(37, hidden, dtype=dtype), torch.randn(37, hidden, dtype=dtype)
+
+    def run():
+        torch.manual_seed(1)
+        if kind == "rms_norm":
+            outs, inputs, grads = (zenattn.rms_norm(x, (hidden,), w, 1e-6),), (x, w), (dy,)
+        elif kind == "layer_norm":
+            outs, inputs, grads = (zenattn.layer_norm(x, (hidden,), w, b),), (x, w, b), (dy,)
+        else:
+            outs = zenattn.layer_norm(x, (hidden,), w, b, residual=r, dropout_p=0.2)
+            inputs, grads = (x, w, b, r), (dy, ds)
+        return [o.detach() for o in outs] + list(torch.autograd.grad(outs, inputs, grads))
+
+    stream_threshold(2**62)
+    plain = run()
+    stream_threshold(0)
+    streamed = run()
+    for a, c in zip(plain, streamed):
+        assert torch.equal(a, c)
+
+
+def test_stream_threshold_defaults_to_the_last_level_cache():
+    ext = zenattn.backends.extension()
+    default = ext._set_norm_stream_threshold(-1)
+    assert ext._set_norm_stream_threshold(-1) == default
+    assert 1 << 20 <= default <= 1 << 32  # a cache size in bytes, not a sentinel
+
+
 # ---- every instruction-set build -----------------------------------------------------------------
 
 @pytest.mark.parametrize("isa", ["default", "avx2", "avx512"])
@@ -324,7 +376,10 @@ def test_every_cpu_isa_build(isa):
         from zenattn.reference import layer_norm_ref, norm_dropout_keep_ref, rms_norm_ref
         torch.manual_seed(0)
         print(zenattn.info()["extension"]["cpu_isa"])
-        for dtype, tol in ((torch.float32, 1e-5), (torch.bfloat16, 2e-2), (torch.float16, 2e-3)):
+        # both store paths: plain, and non-temporal (forced on these small tensors)
+        for dtype, tol, stream in [(d, t, s) for d, t in ((torch.float32, 1e-5), (torch.bfloat16, 2e-2), (torch.float16, 2e-3))
+                                  for s in (2**62, 0)]:
+            zenattn.backends.extension()._set_norm_stream_threshold(stream)
             for n in (7, 100, 1023):
                 x = torch.randn(13, n).to(dtype).requires_grad_(True)
                 w = torch.randn(n).to(dtype).requires_grad_(True)

@@ -4,9 +4,11 @@
 #include "cpu/norm.h"
 #include "cpu/isa.h"
 
-
+#include <algorithm>
+#include <atomic>
 #include <cstdint>
 #include <cstdlib>
+#include <fstream>
 #include <string>
 
 #if defined(__linux__)
@@ -49,6 +51,40 @@ void advise_huge_pages(const at::Tensor& t) {
   const uintptr_t end = (base + bytes) & ~(kHuge - 1);
   if (end > begin) madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);
 #endif
+}
+
+// The size of the last-level cache one thread sees: the highest cache level in sysfs (the cache
+// this core shares with its neighbours; sysconf reports the whole package's on many-die CPUs, 10x
+// too much on the 32 MiB L3 of the EPYC VMs we measure on), 32 MiB where sysfs has no answer.
+int64_t last_level_cache_bytes() {
+  int64_t best = 0;
+  for (int index = 0; index < 8; ++index) {
+    const std::string dir = "/sys/devices/system/cpu/cpu0/cache/index" + std::to_string(index) + "/";
+    std::ifstream size_file(dir + "size");
+    std::string size;
+    if (!(size_file >> size) || size.empty()) continue;
+    int64_t bytes = std::atoll(size.c_str());
+    if (size.back() == 'K') bytes <<= 10;
+    if (size.back() == 'M') bytes <<= 20;
+    best = std::max(best, bytes);
+  }
+  return best > 0 ? best : int64_t(32) << 20;
+}
+
+// A call that touches (reads plus writes) at least this many bytes writes its row outputs with
+// non-temporal stores: they would not survive in the cache until the next op reads them anyway,
+// and a plain store first reads each destination line from memory (measured on the 32 MiB-L3 VM,
+// LayerNorm fp32 4096x1024 fwd+bwd: 1.8-2.5 ms streamed vs 2.4-3.4 ms; at 8 MiB bf16, which fits
+// the cache, streaming the forward cost 20%). -1: not yet set (the last-level cache's size).
+std::atomic<int64_t> g_stream_bytes{-1};
+
+bool stream_outputs(int64_t touched_bytes) {
+  int64_t threshold = g_stream_bytes.load(std::memory_order_relaxed);
+  if (threshold < 0) {
+    threshold = last_level_cache_bytes();
+    g_stream_bytes.store(threshold, std::memory_order_relaxed);
+  }
+  return touched_bytes >= threshold;
 }
 
 at::Tensor empty_output(const at::Tensor& like) {
@@ -127,6 +163,8 @@ std::vector<at::Tensor> norm_fwd(const at::Tensor& x, const std::optional<at::Te
   p.y = y.data_ptr();
   p.mean = rms ? nullptr : mean.data_ptr();
   p.rstd = rstd.data_ptr();
+  // Touched: x (+ residual) read, y (+ sum) written.
+  p.stream = stream_outputs(y.nbytes() * (2 + 2 * (residual.has_value() ? 1 : 0)));
   run_fwd(p);
   return {y, sum, mean, rstd};
 }
@@ -187,8 +225,15 @@ std::vector<at::Tensor> norm_bwd(const at::Tensor& dy, const std::optional<at::T
     p.dbias = db.data_ptr();
     p.dbias_partial = db_part.data_ptr();
   }
+  // Touched: x, dy (+ dsum) read, dx (+ dres) written.
+  p.stream = stream_outputs(dx.nbytes() * (3 + (dsum.has_value() ? 1 : 0) + (dres.defined() ? 1 : 0)));
   run_bwd(p);
   return {dx, dw, db, dres};
+}
+
+int64_t set_norm_stream_threshold(int64_t bytes) {
+  stream_outputs(0);  // make sure the default is in place, so that it is what gets returned
+  return g_stream_bytes.exchange(bytes < 0 ? last_level_cache_bytes() : bytes);
 }
 
 int64_t norm_bwd_num_chunks(int64_t rows) {

@@ -32,6 +32,7 @@ struct NormFwdParams {
   void* sum;                     // (rows, cols) contiguous x + residual, written iff residual
   void* mean;                    // (rows,) opmath, or null for RMSNorm
   void* rstd;                    // (rows,) opmath: 1 / sqrt(var + eps) (mean square for RMSNorm)
+  bool stream;                   // write y with non-temporal stores (see norm.cpp; not sum, which the row reads back)
 };
 
 // Backward. `x` is the tensor that was normalized (s when the residual or dropout was fused).
@@ -60,7 +61,13 @@ struct NormBwdParams {
   int64_t num_chunks;            // rows are split into this many contiguous chunks
   void* dweight_partial;         // (num_chunks, cols) opmath scratch, or null
   void* dbias_partial;           // (num_chunks, cols) opmath scratch, or null
+  bool stream;                   // write dx with non-temporal stores (see norm.cpp)
 };
+
+// Sets the number of bytes a call must touch (read + write) before it writes its outputs with
+// non-temporal stores (negative: back to the default, this machine's last-level cache size);
+// returns the previous value. For tests: both store paths must give the same bits.
+int64_t set_norm_stream_threshold(int64_t bytes);
 
 // Number of row chunks for the weight/bias gradient partials (a function of the shape only).
 int64_t norm_bwd_num_chunks(int64_t rows);

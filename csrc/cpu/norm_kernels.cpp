@@ -21,7 +21,12 @@
 #include <ATen/cpu/vec/functional.h>
 #include <ATen/cpu/vec/vec.h>
 
+#if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
+#include <immintrin.h>
+#endif
+
 #include <cmath>
+#include <cstdint>
 #include <type_traits>
 #include <vector>
 
@@ -55,16 +60,41 @@ struct Step {
       }
     }
   }
+  template <bool kStream = false>
   static inline void store(T* p, const AVec (&v)[kVecs]) {
     for (int i = 0; i < kLoads; ++i) {
       if constexpr (kReduced) {
-        at::vec::convert_from_float<T>(v[2 * i], v[2 * i + 1]).store(p + i * Vectorized<T>::size());
+        put<kStream>(p + i * Vectorized<T>::size(), at::vec::convert_from_float<T>(v[2 * i], v[2 * i + 1]));
       } else {
-        v[i].store(p + i * AVec::size());
+        put<kStream>(p + i * AVec::size(), v[i]);
       }
     }
   }
+  // One vector store; kStream: non-temporal (the line goes to memory without first being read
+  // into the cache), for which p must be aligned to the vector's size (see stream_ok).
+  template <bool kStream, typename Vec>
+  static inline void put(T* p, const Vec& v) {
+#if defined(CPU_CAPABILITY_AVX512)
+    if constexpr (kStream && std::is_same_v<T, float>) return _mm512_stream_ps(p, v);
+    if constexpr (kStream && std::is_same_v<T, double>) return _mm512_stream_pd(p, v);
+    if constexpr (kStream && sizeof(T) == 2) return _mm512_stream_si512(reinterpret_cast<__m512i*>(p), v);
+#elif defined(CPU_CAPABILITY_AVX2)
+    if constexpr (kStream && std::is_same_v<T, float>) return _mm256_stream_ps(p, v);
+    if constexpr (kStream && std::is_same_v<T, double>) return _mm256_stream_pd(p, v);
+    if constexpr (kStream && sizeof(T) == 2) return _mm256_stream_si256(reinterpret_cast<__m256i*>(p), v);
+#endif
+    v.store(p);
+  }
+  static bool stream_ok(const T* p) { return reinterpret_cast<uintptr_t>(p) % sizeof(Vectorized<T>) == 0; }
 };
+
+// Orders this thread's non-temporal stores before whatever follows (the parallel_for join, after
+// which other threads read the output).
+inline void stream_fence() {
+#if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
+  _mm_sfence();
+#endif
+}
 
 // The sum of all lanes of V accumulators: added lane-wise first, then one shuffle reduction (a
 // horizontal sum per accumulator cost more than the data work on rows of a few hundred elements).
@@ -153,6 +183,7 @@ void norm_fwd_rows(const NormFwdParams& p, int64_t r0, int64_t r1) {
   for (int64_t r = r0; r < r1; ++r) {
     const T* x_in = static_cast<const T*>(p.x) + r * p.x_stride;
     T* y = static_cast<T*>(p.y) + r * N;
+    const bool stream = p.stream && S::stream_ok(y);
 
     // Step 1 (pre-norm): s = dropout(x) + residual, stored in T; the stored (rounded) sum is what
     // gets normalized, exactly like `layer_norm(x + residual)` in T.
@@ -248,7 +279,11 @@ void norm_fwd_rows(const NormFwdParams& p, int64_t r0, int64_t r1) {
           if constexpr (kBias) c = c + bv[v];
           a[v] = c;
         }
-        S::store(y + j, a);
+        if (stream) {
+          S::template store<true>(y + j, a);
+        } else {
+          S::store(y + j, a);
+        }
       }
       for (; j < N; ++j) {
         A c = kRms ? x[j] : (x[j] - shift) - delta;
@@ -271,6 +306,7 @@ void norm_fwd_typed(const NormFwdParams& p) {
         bool_switch(p.bias != nullptr && !rms, [&](auto b) {
           at::parallel_for(0, p.rows, grain, [&](int64_t r0, int64_t r1) {
             norm_fwd_rows<T, rms, fused, w, b>(p, r0, r1);
+            if (p.stream) stream_fence();
           });
         });
       });
@@ -303,6 +339,7 @@ void norm_bwd_rows(const NormBwdParams& p, int64_t r0, int64_t r1,
     const T* x = static_cast<const T*>(p.x) + r * p.x_stride;
     const T* dy = static_cast<const T*>(p.dy) + r * p.dy_stride;
     T* dx = static_cast<T*>(p.dx) + r * N;
+    const bool stream = p.stream && S::stream_ok(dx);
     // dx below is first the gradient of s: the residual's (dres, when dropout makes it differ);
     // the input's passes back through the forward's keep mask and scale (m).
     T* dres = p.dres ? static_cast<T*>(p.dres) + r * N : nullptr;
@@ -384,7 +421,11 @@ void norm_bwd_rows(const NormBwdParams& p, int64_t r0, int64_t r1,
           SA::load(m + j, dyv);
           for (int v = 0; v < V; ++v) xv[v] = xv[v] * dyv[v];
         }
-        S::store(dx + j, xv);
+        if (stream) {
+          S::template store<true>(dx + j, xv);
+        } else {
+          S::store(dx + j, xv);
+        }
       }
       for (; j < N; ++j) {
         const A xhat = (static_cast<A>(x[j]) - mean) * rstd;
@@ -443,6 +484,7 @@ void norm_bwd_typed(const NormBwdParams& p) {
               const int64_t r1 = std::min(p.rows, r0 + rows_per_chunk);
               norm_bwd_rows<T, rms, w, b, ds>(p, r0, r1, dwk, dbk);
             }
+            if (p.stream) stream_fence();
           });
         });
       });
