@@ -164,7 +164,7 @@ std::vector<at::Tensor> norm_fwd(const at::Tensor& x, const std::optional<at::Te
   p.mean = rms ? nullptr : mean.data_ptr();
   p.rstd = rstd.data_ptr();
   // Touched: x (+ residual) read, y (+ sum) written.
-  p.stream = stream_outputs(y.nbytes() * (2 + 2 * (residual.has_value() ? 1 : 0)));
+  p.stream = stream_outputs(y.nbytes() * (2 + (residual.has_value() ? 1 : 0) + (sum.defined() ? 1 : 0)));
   run_fwd(p);
   return {y, sum, mean, rstd};
 }
