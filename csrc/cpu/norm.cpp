@@ -75,16 +75,14 @@ int64_t last_level_cache_bytes() {
 // non-temporal stores: they would not survive in the cache until the next op reads them anyway,
 // and a plain store first reads each destination line from memory (measured on the 32 MiB-L3 VM,
 // LayerNorm fp32 4096x1024 fwd+bwd: 1.8-2.5 ms streamed vs 2.4-3.4 ms; at 8 MiB bf16, which fits
-// the cache, streaming the forward cost 20%). -1: not yet set (the last-level cache's size).
-std::atomic<int64_t> g_stream_bytes{-1};
+// the cache, streaming the forward cost 20%). Default: the last-level cache's size.
+std::atomic<int64_t>& stream_threshold() {
+  static std::atomic<int64_t> bytes{last_level_cache_bytes()};
+  return bytes;
+}
 
 bool stream_outputs(int64_t touched_bytes) {
-  int64_t threshold = g_stream_bytes.load(std::memory_order_relaxed);
-  if (threshold < 0) {
-    threshold = last_level_cache_bytes();
-    g_stream_bytes.store(threshold, std::memory_order_relaxed);
-  }
-  return touched_bytes >= threshold;
+  return touched_bytes >= stream_threshold().load(std::memory_order_relaxed);
 }
 
 at::Tensor empty_output(const at::Tensor& like) {
@@ -232,8 +230,7 @@ std::vector<at::Tensor> norm_bwd(const at::Tensor& dy, const std::optional<at::T
 }
 
 int64_t set_norm_stream_threshold(int64_t bytes) {
-  stream_outputs(0);  // make sure the default is in place, so that it is what gets returned
-  return g_stream_bytes.exchange(bytes < 0 ? last_level_cache_bytes() : bytes);
+  return stream_threshold().exchange(bytes < 0 ? last_level_cache_bytes() : bytes);
 }
 
 int64_t norm_bwd_num_chunks(int64_t rows) {

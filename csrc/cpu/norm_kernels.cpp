@@ -60,6 +60,14 @@ struct Step {
       }
     }
   }
+  // A step's store, non-temporal when `stream` (then p must satisfy stream_ok).
+  static inline void store(T* p, const AVec (&v)[kVecs], bool stream) {
+    if (stream) {
+      store<true>(p, v);
+    } else {
+      store<false>(p, v);
+    }
+  }
   template <bool kStream = false>
   static inline void store(T* p, const AVec (&v)[kVecs]) {
     for (int i = 0; i < kLoads; ++i) {
@@ -279,11 +287,7 @@ void norm_fwd_rows(const NormFwdParams& p, int64_t r0, int64_t r1) {
           if constexpr (kBias) c = c + bv[v];
           a[v] = c;
         }
-        if (stream) {
-          S::template store<true>(y + j, a);
-        } else {
-          S::store(y + j, a);
-        }
+        S::store(y + j, a, stream);
       }
       for (; j < N; ++j) {
         A c = kRms ? x[j] : (x[j] - shift) - delta;
@@ -421,11 +425,7 @@ void norm_bwd_rows(const NormBwdParams& p, int64_t r0, int64_t r1,
           SA::load(m + j, dyv);
           for (int v = 0; v < V; ++v) xv[v] = xv[v] * dyv[v];
         }
-        if (stream) {
-          S::template store<true>(dx + j, xv);
-        } else {
-          S::store(dx + j, xv);
-        }
+        S::store(dx + j, xv, stream);
       }
       for (; j < N; ++j) {
         const A xhat = (static_cast<A>(x[j]) - mean) * rstd;
