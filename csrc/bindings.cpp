@@ -288,6 +288,21 @@ PYBIND11_MODULE(_C, m) {
   m.def("_set_norm_stream_threshold", &zenattn::cpu::set_norm_stream_threshold, py::arg("bytes"),
         "Bytes a cpu norm call must touch before it writes its output with non-temporal stores (negative: the "
         "default, the last-level cache size); returns the previous value. For tests.");
+  m.def(
+      "_attention_pack",
+      [](const std::string& kind, const at::Tensor& x) {
+        using zenattn::cpu::Pack;
+        const std::pair<const char*, Pack> kinds[] = {{"transposed", Pack::transposed},
+                                                     {"transposed_bf16", Pack::transposed_bf16},
+                                                     {"pairs_t", Pack::pairs_t},
+                                                     {"pairs", Pack::pairs}};
+        for (const auto& [name, pack] : kinds)
+          if (kind == name) return zenattn::cpu::pack_operand(pack, x);
+        TORCH_CHECK(false, "zenattn pack: unknown kind '", kind, "'");
+      },
+      py::arg("kind"), py::arg("x"),
+      "The cpu attention's operand pack of x (B, H, A, X): transposed, transposed_bf16, pairs_t or pairs "
+      "(csrc/cpu/attention.h). For tests.");
   def_norm_forward(m, "norm_autograd", &norm_forward<zenattn::cpu::norm_autograd>,
                    "norm_fwd with its autograd in C++: returns [y, sum, mean, rstd] (absent ones: 0 elements)");
   def_attention_forward(m, "attention_fwd", &attention_forward<zenattn::cpu::attention_fwd>,

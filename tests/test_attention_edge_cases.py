@@ -587,6 +587,59 @@ def test_every_cpu_isa_build_and_gemm_path(isa, blas):
         assert ran_isa == isa.upper(), f"asked for {isa}, ran {ran_isa}"
 
 
+@pytest.mark.parametrize("isa", ["default", "avx2", "avx512"])
+def test_operand_packs_match_torch_on_every_isa(isa):
+    """The brgemm operands the cpu launchers pack (whole blocks transposed in registers on AVX2 /
+    AVX-512, the edges element by element) against the same layouts made with torch ops, bitwise,
+    for sizes around the 8- and 16-element blocks, heads-inner and sliced (odd row stride) inputs,
+    and the float -> bfloat16 rounding of the backward's dK/dV (ties, infinities, NaN)."""
+    code = textwrap.dedent("""
+        import torch, zenattn
+        from zenattn import _C
+        torch.manual_seed(0)
+        print(zenattn.info()["extension"]["cpu_isa"])
+        same = lambda a, b: torch.testing.assert_close(a, b, rtol=0, atol=0, equal_nan=True)
+        for a, x in ((1, 2), (7, 10), (8, 8), (16, 16), (17, 34), (33, 40), (64, 32), (67, 24), (130, 18)):
+            for layout in ("contiguous", "heads_inner", "sliced"):
+                if layout == "heads_inner":
+                    f = torch.randn(2, a, 3, x).transpose(1, 2)
+                elif layout == "sliced":   # row stride x + 1: odd for even x
+                    f = torch.randn(2, 3, a, x + 1)[..., :x]
+                else:
+                    f = torch.randn(2, 3, a, x)
+                f = f * 2.0 ** torch.randint(-30, 30, f.shape)
+                flat = f.reshape(-1)   # a copy for the strided layouts: specials set on f itself below
+                specials = torch.tensor([float("inf"), -float("inf"), float("nan"), -0.0,
+                                         1.0 + 2.0 ** -8, 1.0 + 3 * 2.0 ** -8])   # bf16 ties: to even
+                nan_low = torch.tensor([0x7F800001], dtype=torch.int32).view(torch.float32)  # rounds to inf unless kept NaN
+                specials = torch.cat([specials, nan_low])
+                idx = torch.randperm(f.numel())[: min(len(specials), f.numel())]
+                flat[idx] = specials[: len(idx)]
+                f = flat.view(f.shape) if layout == "contiguous" else f.copy_(flat.view(f.shape))
+                ft = f.transpose(2, 3)
+                same(_C._attention_pack("transposed", f), ft.contiguous())
+                same(_C._attention_pack("transposed_bf16", f), ft.to(torch.bfloat16).contiguous())
+                b = torch.randn(f.shape).to(torch.bfloat16)
+                b = f.new_empty(f.shape, dtype=torch.bfloat16).copy_(b) if layout == "contiguous" else \
+                    torch.empty_strided(f.shape, f.stride(), dtype=torch.bfloat16).copy_(b)
+                if x % 2 == 0:   # pairs_t: out[j, r, t] = b[r, 2j + t]
+                    want = b.reshape(2, 3, a, x // 2, 2).permute(0, 1, 3, 2, 4)
+                    same(_C._attention_pack("pairs_t", b), want.contiguous())
+                padded = torch.cat([b, b.new_zeros(2, 3, a % 2, x)], dim=2)   # pairs: out[r // 2, c, r % 2] = b[r, c]
+                want = padded.reshape(2, 3, (a + 1) // 2, 2, x).permute(0, 1, 2, 4, 3)
+                same(_C._attention_pack("pairs", b), want.contiguous())
+        print("ok")
+    """)
+    env = dict(os.environ, ATEN_CPU_CAPABILITY=isa)
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ran_isa, status = proc.stdout.split()
+    assert status == "ok"
+    cpu_has = torch.backends.cpu.get_cpu_capability()
+    if isa == "default" or isa.upper() in cpu_has or cpu_has == "AVX512":
+        assert ran_isa == isa.upper(), f"asked for {isa}, ran {ran_isa}"
+
+
 def _cpu_has_avx512_bf16():
     try:
         with open("/proc/cpuinfo") as f:

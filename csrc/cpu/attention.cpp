@@ -4,7 +4,6 @@
 #include "cpu/attention.h"
 #include "cpu/blas.h"
 #include "cpu/isa.h"
-#include "cpu/vnni.h"
 #include "common/philox.h"
 
 #include <ATen/Parallel.h>
@@ -52,60 +51,14 @@ at::Tensor operand(const at::Tensor& t, at::ScalarType type) {
   return c;
 }
 
-// The stride between rows (dim 2) of a (B, H, N, X) operand; any valid value when N <= 1, where
-// it is never stepped over but still reaches BLAS as a leading dimension.
-int64_t row_stride(const at::Tensor& t) { return t.size(2) <= 1 ? std::max<int64_t>(t.size(3), 1) : t.stride(2); }
-
 // A new (B, Hq, Nq, x) tensor for the output or dq: laid out like q where heads_inner(q).
 at::Tensor like_q(const at::Tensor& q, int64_t x, const at::TensorOptions& opts) {
   if (heads_inner(q)) return at::empty({q.size(0), q.size(2), q.size(1), x}, opts).transpose(1, 2);
   return at::empty({q.size(0), q.size(1), q.size(2), x}, opts);
 }
 
-// The brgemm products' operands (AttnParams::products), made per (batch, head) in parallel: out is
-// (B, H, *head_shape) contiguous of type Out and make(x_head, out_head) fills one head.
-template <typename In = at::BFloat16, typename Out = In, typename Make>
-at::Tensor per_head(const at::Tensor& x, std::vector<int64_t> head_shape, const Make& make) {
-  const int64_t B = x.size(0), H = x.size(1);
-  int64_t per = 1;
-  for (int64_t s : head_shape) per *= s;
-  head_shape.insert(head_shape.begin(), {B, H});
-  at::Tensor out = at::empty(head_shape, x.options().dtype(c10::CppTypeToScalarType<Out>::value));
-  const auto* src = x.data_ptr<In>();
-  auto* dst = out.data_ptr<Out>();
-  at::parallel_for(0, B * H, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i) make(src + (i / H) * x.stride(0) + (i % H) * x.stride(1), dst + i * per);
-  });
-  return out;
-}
-
-// x (B, H, N, X) -> x^T in VNNI pairs (B, H, X / 2, N, 2), X even
-at::Tensor vnni_pairs_t(const at::Tensor& x) {
-  const int64_t N = x.size(2), X = x.size(3), ld = row_stride(x);
-  return per_head(x, {X / 2, N, 2}, [&](const at::BFloat16* s, at::BFloat16* d) { vnni::pack_col_pairs(s, ld, N, X, d); });
-}
-
-// x (B, H, N, X) -> x in VNNI pairs (B, H, N2 / 2, X, 2), N2 = N rounded up to even (zero row)
-at::Tensor vnni_pairs(const at::Tensor& x) {
-  const int64_t N = x.size(2), X = x.size(3), ld = row_stride(x);
-  return per_head(x, {(N + 1) / 2, X, 2},
-                  [&](const at::BFloat16* s, at::BFloat16* d) { vnni::pack_row_pairs(s, ld, N, X, d, X); });
-}
-
 // A pack's pointer for AttnParams: null for a pack this mode does not make.
 const void* data_or_null(const at::Tensor& t) { return t.defined() ? t.data_ptr() : nullptr; }
-
-// x (B, H, N, X) float -> x^T (B, H, X, N)
-at::Tensor transposed(const at::Tensor& x) {
-  const int64_t N = x.size(2), X = x.size(3), ld = row_stride(x);
-  return per_head<float>(x, {X, N}, [&](const float* s, float* d) { vnni::transpose(s, ld, N, X, d, N); });
-}
-
-// x (B, H, X, N) float32 -> x^T (B, H, N, X) bfloat16: the bf16 backward's dK^T / dV^T as dK / dV
-at::Tensor untransposed_bf16(const at::Tensor& x) {
-  const int64_t X = x.size(2), N = x.size(3), ld = x.stride(2);
-  return per_head<float, at::BFloat16>(x, {N, X}, [&](const float* s, at::BFloat16* d) { vnni::transpose(s, ld, X, N, d, X); });
-}
 
 AttnParams make_params(Products products, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                        const AttnOptions& opt, at::Tensor& mask_holder, at::Tensor& alibi_holder) {
@@ -156,6 +109,14 @@ AttnParams make_params(Products products, const at::Tensor& q, const at::Tensor&
 
 }  // namespace
 
+at::Tensor pack_operand(Pack kind, const at::Tensor& x) {
+  const bool pairs = kind == Pack::pairs || kind == Pack::pairs_t;
+  TORCH_CHECK(x.dim() == 4 && (x.size(3) <= 1 || x.stride(3) == 1), "zenattn pack: x must be 4-D with a unit last stride");
+  TORCH_CHECK(x.scalar_type() == (pairs ? at::kBFloat16 : at::kFloat), "zenattn pack: wrong dtype ", x.scalar_type());
+  TORCH_CHECK(kind != Pack::pairs_t || x.size(3) % 2 == 0, "zenattn pack: pairs_t needs an even last dim");
+  ZENATTN_ISA_DISPATCH(attention_pack, kind, x)
+}
+
 std::vector<at::Tensor> attention_fwd(const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in,
                                       const AttnOptions& opt) {
   const Products products = products_for(q_in, v_in);
@@ -164,10 +125,10 @@ std::vector<at::Tensor> attention_fwd(const at::Tensor& q_in, const at::Tensor& 
   at::Tensor mask_holder, alibi_holder, kt_pack, v_pack;
   AttnParams p = make_params(products, q, k, v, opt, mask_holder, alibi_holder);
   if (products == Products::brgemm_bf16) {
-    kt_pack = vnni_pairs_t(k);
-    v_pack = vnni_pairs(v);
+    kt_pack = pack_operand(Pack::pairs_t, k);
+    v_pack = pack_operand(Pack::pairs, v);
   } else if (products == Products::brgemm_f32) {
-    kt_pack = transposed(k);
+    kt_pack = pack_operand(Pack::transposed, k);
   }
   p.kt_pack = data_or_null(kt_pack), p.v_pack = data_or_null(v_pack);
   const auto opts = q.options().dtype(p.dtype);
@@ -200,9 +161,10 @@ std::vector<at::Tensor> attention_bwd(const at::Tensor& dout_in, const at::Tenso
   at::Tensor kt_pack, vt_pack, k_pack;
   const bool brgemm = products != Products::blas;
   if (products == Products::brgemm_bf16) {
-    kt_pack = vnni_pairs_t(k), vt_pack = vnni_pairs_t(v), k_pack = vnni_pairs(k);
+    kt_pack = pack_operand(Pack::pairs_t, k), vt_pack = pack_operand(Pack::pairs_t, v);
+    k_pack = pack_operand(Pack::pairs, k);
   } else if (brgemm) {
-    kt_pack = transposed(k), vt_pack = transposed(v);
+    kt_pack = pack_operand(Pack::transposed, k), vt_pack = pack_operand(Pack::transposed, v);
   }
   p.kt_pack = data_or_null(kt_pack), p.vt_pack = data_or_null(vt_pack), p.k_pack = data_or_null(k_pack);
   p.lse = const_cast<void*>(lse.data_ptr());
@@ -235,10 +197,9 @@ std::vector<at::Tensor> attention_bwd(const at::Tensor& dout_in, const at::Tenso
     dk = dk_parts.unflatten(1, {p.Hkv, parts}).sum(2);
     dv = dv_parts.unflatten(1, {p.Hkv, parts}).sum(2);
   }
-  if (products == Products::brgemm_bf16) {
-    dk = untransposed_bf16(dk), dv = untransposed_bf16(dv);
-  } else if (brgemm) {
-    dk = dk.transpose(2, 3), dv = dv.transpose(2, 3);  // made contiguous by result()
+  if (brgemm) {
+    const Pack back = products == Products::brgemm_bf16 ? Pack::transposed_bf16 : Pack::transposed;
+    dk = pack_operand(back, dk), dv = pack_operand(back, dv);
   }
   const auto result = [](const at::Tensor& t, const at::Tensor& like) {
     return t.to(like.scalar_type(), false, false, at::MemoryFormat::Contiguous);

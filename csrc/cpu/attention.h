@@ -101,15 +101,35 @@ inline int64_t attention_bwd_q_chunks(const AttnParams& p) {
   return std::max<int64_t>(1, std::min(q_blocks, (kBwdMinItems + heads - 1) / heads));
 }
 
+// The launchers' operands for the brgemm products, made per (batch, head) in parallel with the
+// instruction set's transposes (vnni.h), from x (B, H, A, X):
+enum class Pack {
+  transposed,        // float x^T (B, H, X, A): K^T, V^T, and the backward's dK^T / dV^T back to dK / dV
+  transposed_bf16,   // the same from float to bfloat16 (rounded to nearest even)
+  pairs_t,           // bfloat16 x^T in VNNI pairs (B, H, X / 2, A, 2), X even
+  pairs,             // bfloat16 x in VNNI pairs (B, H, A2 / 2, X, 2), A2 = A rounded up to even (zero row)
+};
+
 #define ZENATTN_DECLARE_ATTENTION_KERNELS(ISA)          \
   namespace ISA {                                        \
   void attention_fwd_kernel(const AttnParams& p);        \
   void attention_bwd_kernel(const AttnParams& p);        \
+  at::Tensor attention_pack(Pack kind, const at::Tensor& x); \
   }
 ZENATTN_DECLARE_ATTENTION_KERNELS(DEFAULT)
 ZENATTN_DECLARE_ATTENTION_KERNELS(AVX2)
 ZENATTN_DECLARE_ATTENTION_KERNELS(AVX512)
 #undef ZENATTN_DECLARE_ATTENTION_KERNELS
+
+// The stride between rows (dim 2) of a (B, H, N, X) operand; any valid value when N <= 1, where
+// it is never stepped over but still reaches BLAS as a leading dimension.
+inline int64_t row_stride(const at::Tensor& t) {
+  return t.size(2) <= 1 ? std::max<int64_t>(t.size(3), 1) : t.stride(2);
+}
+
+// Pack x for this machine's instruction set (ISA::attention_pack). x: float32 for the transposed
+// packs, bfloat16 for the pairs (X even for pairs_t), unit last stride.
+at::Tensor pack_operand(Pack kind, const at::Tensor& x);
 
 // Options shared by the forward and the backward launcher.
 struct AttnOptions {

@@ -106,42 +106,44 @@ Vectorized<T> fast_exp(const Vectorized<T>& x) {
   }
 }
 
-// s = exp(s - shift) in place; returns the sum.
+// s = exp(s * mul - shift) in place (one rounding before the exp: a fused multiply-add; mul = 1
+// is exactly s - shift); returns the sum.
 template <typename T>
-T exp_shift_sum(T* s, int64_t n, T shift) {
+T exp_shift_sum(T* s, int64_t n, T shift, T mul) {
   using Vec = Vectorized<T>;
-  const Vec vshift(shift);
+  const Vec vneg(-shift), vmul(mul);
   Vec vsum(T(0));
   int64_t c = 0;
   for (; c + Vec::size() <= n; c += Vec::size()) {
-    const Vec e = fast_exp(Vec::loadu(s + c) - vshift);
+    const Vec e = fast_exp(at::vec::fmadd(Vec::loadu(s + c), vmul, vneg));
     e.store(s + c);
     vsum = vsum + e;
   }
   T sum = hsum(vsum);
   for (; c < n; ++c) {
-    s[c] = std::exp(s[c] - shift);
+    s[c] = std::exp(std::fma(s[c], mul, -shift));
     sum += s[c];
   }
   return sum;
 }
 
-// out = bf16(exp(s - shift)) (the forward's P, ready for the bf16 product); returns the sum of
-// the unrounded values.
-float exp_shift_sum_bf16(const float* s, int64_t n, float shift, at::BFloat16* out) {
+// out = bf16(exp(s * mul - shift)) (the forward's P, ready for the bf16 product); returns the sum
+// of the unrounded values.
+float exp_shift_sum_bf16(const float* s, int64_t n, float shift, float mul, at::BFloat16* out) {
   using Vec = Vectorized<float>;
   constexpr int64_t W = Vec::size();
-  const Vec vshift(shift);
+  const Vec vneg(-shift), vmul(mul);
   Vec vsum(0.0f);
   int64_t c = 0;
   for (; c + 2 * W <= n; c += 2 * W) {
-    const Vec e0 = fast_exp(Vec::loadu(s + c) - vshift), e1 = fast_exp(Vec::loadu(s + c + W) - vshift);
+    const Vec e0 = fast_exp(at::vec::fmadd(Vec::loadu(s + c), vmul, vneg));
+    const Vec e1 = fast_exp(at::vec::fmadd(Vec::loadu(s + c + W), vmul, vneg));
     vsum = vsum + (e0 + e1);
     at::vec::convert_from_float<at::BFloat16>(e0, e1).store(out + c);
   }
   float sum = hsum(vsum);
   for (; c < n; ++c) {
-    const float e = std::exp(s[c] - shift);
+    const float e = std::exp(std::fma(s[c], mul, -shift));
     sum += e;
     out[c] = at::BFloat16(e);
   }
@@ -228,6 +230,12 @@ struct Head {
   const E *qe = nullptr, *doe = nullptr, *kt = nullptr, *vt = nullptr;
   const E *vb = nullptr, *kb = nullptr;
   int64_t vb_ld = 0, kb_ld = 0;
+  // The factor scores() leaves to the softmax's exp (exp_shift_sum's mul), saving a pass over each
+  // tile: the scale, where the brgemm products cannot apply it and nothing else is added to or
+  // applied to the scores before the exp (a bool mask and the causal/window masks only set -inf,
+  // which any positive factor keeps); 1 otherwise.
+  bool scale_in_exp = false;
+  T pending_scale = T(1);
 
   Head(const AttnParams& params, int64_t b_, int64_t h_) : p(params), b(b_), h(h_), bh(b_ * params.Hq + h_) {
     const int64_t hk = h / (p.Hq / p.Hkv);
@@ -237,6 +245,9 @@ struct Head {
     slope = p.alibi ? static_cast<const T*>(p.alibi)[b * p.alibi_sb + h] : T(0);
     rng = DropoutRng{p.seed, DropoutRng::threshold_for(p.dropout_p)};
     if constexpr (kP != Products::blas) {
+      const bool only_inf_masks = p.softcap <= 0 && !p.alibi && (!p.mask.ptr || p.mask.dtype == at::kBool);
+      scale_in_exp = only_inf_masks && p.scale > 0;
+      if (scale_in_exp) pending_scale = T(p.scale);
       const int64_t kv = b * p.Hkv + hk, Nk2 = p.Nk + p.Nk % 2;
       const auto at_ = [](const void* base, int64_t offset) {
         return base ? static_cast<const E*>(base) + offset : nullptr;
@@ -265,8 +276,9 @@ struct Head {
     return {lo, std::max(lo, hi)};
   }
 
-  // S[r, c] (row stride ld) = score of query i0 + r and key j0 + c, masked scores -inf. With
-  // softcap, tanh_out[r, c] receives tanh(raw / softcap), which the backward differentiates.
+  // S[r, c] (row stride ld) = score of query i0 + r and key j0 + c, masked scores -inf, still to
+  // be multiplied by pending_scale. With softcap, tanh_out[r, c] receives tanh(raw / softcap),
+  // which the backward differentiates.
   void scores(T* S, int64_t ld, int64_t i0, int64_t rows, int64_t j0, int64_t cols, T* tanh_out) const {
     if constexpr (kP == Products::blas) {
       blas::gemm(false, true, rows, cols, p.D, T(p.scale), q + i0 * p.q_sn, p.q_sn, k + j0 * p.k_sn, p.k_sn,
@@ -277,7 +289,7 @@ struct Head {
     for (int64_t r = 0; r < rows; ++r) {
       T* s = S + r * ld;
       const int64_t i = i0 + r;
-      if (kP != Products::blas) scale_row(s, cols, T(p.scale));
+      if (kP != Products::blas && !scale_in_exp) scale_row(s, cols, T(p.scale));
       if (p.softcap > 0) softcap_row(s, cols, tanh_out + r * ld);
       if (p.alibi) {
         for (int64_t c = 0; c < cols; ++c) s[c] -= slope * T(std::abs(i + p.offset - (j0 + c)));
@@ -349,7 +361,7 @@ void forward(const AttnParams& p) {
           T* s = S.data() + r * kFwdBlockK;
           at::BFloat16* pb = kBf16 ? Pb.data() + r * kFwdBlockK : nullptr;
           if (kBf16 && cols % 2) pb[cols] = at::BFloat16(0.0f);
-          const T m_new = std::max(m[r], row_max(s, cols));
+          const T m_new = std::max(m[r], row_max(s, cols) * head.pending_scale);
           if (m_new == kNegInf<T>) {  // nothing attended yet: P is 0 (and exp(-inf - -inf) is NaN)
             std::fill(s, s + cols, T(0));
             if (kBf16) std::fill(pb, pb + cols, at::BFloat16(0.0f));
@@ -358,9 +370,10 @@ void forward(const AttnParams& p) {
           const T rescale = std::exp(m[r] - m_new);
           T sum;
           if constexpr (kBf16) {
-            sum = dropout ? exp_shift_sum(s, cols, m_new) : exp_shift_sum_bf16(s, cols, m_new, pb);
+            sum = dropout ? exp_shift_sum(s, cols, m_new, head.pending_scale)
+                          : exp_shift_sum_bf16(s, cols, m_new, head.pending_scale, pb);
           } else {
-            sum = exp_shift_sum(s, cols, m_new);
+            sum = exp_shift_sum(s, cols, m_new, head.pending_scale);
           }
           l[r] = l[r] * rescale + sum;
           if (rescale != T(1)) scale_row(acc.data() + r * p.Dv, p.Dv, rescale);
@@ -469,7 +482,7 @@ void backward(const AttnParams& p) {
             if (lse[i0 + r] == kNegInf<T>) {  // row attends nothing: P = 0, and so every gradient
               std::fill(pr, pr + cols, T(0));
             } else {
-              exp_shift_sum(pr, cols, lse[i0 + r]);
+              exp_shift_sum(pr, cols, lse[i0 + r], head.pending_scale);
             }
           }
           const T* p_used = P.data();  // the probabilities that multiplied V in the forward
@@ -540,7 +553,44 @@ void backward(const AttnParams& p) {
   });
 }
 
+// ---- the launchers' packs (Pack, attention.h) -------------------------------------------------
+
+// out (B, H, *head_shape) contiguous of type Out; make(x_head, out_head) fills one head.
+template <typename In, typename Out, typename Make>
+at::Tensor per_head(const at::Tensor& x, std::vector<int64_t> head_shape, const Make& make) {
+  const int64_t B = x.size(0), H = x.size(1);
+  int64_t per = 1;
+  for (int64_t s : head_shape) per *= s;
+  head_shape.insert(head_shape.begin(), {B, H});
+  at::Tensor out = at::empty(head_shape, x.options().dtype(c10::CppTypeToScalarType<Out>::value));
+  const auto* src = x.data_ptr<In>();
+  auto* dst = out.data_ptr<Out>();
+  at::parallel_for(0, B * H, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) make(src + (i / H) * x.stride(0) + (i % H) * x.stride(1), dst + i * per);
+  });
+  return out;
+}
+
 }  // namespace
+
+at::Tensor attention_pack(Pack kind, const at::Tensor& x) {
+  using at::BFloat16;
+  const int64_t A = x.size(2), X = x.size(3), ld = row_stride(x);  // one head: A rows of X
+  switch (kind) {
+    case Pack::transposed:
+      return per_head<float, float>(x, {X, A}, [&](const float* s, float* d) { vnni::transpose(s, ld, A, X, d, A); });
+    case Pack::transposed_bf16:
+      return per_head<float, BFloat16>(x, {X, A},
+                                       [&](const float* s, BFloat16* d) { vnni::transpose(s, ld, A, X, d, A); });
+    case Pack::pairs_t:
+      return per_head<BFloat16, BFloat16>(x, {X / 2, A, 2},
+                                          [&](const BFloat16* s, BFloat16* d) { vnni::pack_col_pairs(s, ld, A, X, d); });
+    case Pack::pairs:
+      return per_head<BFloat16, BFloat16>(
+          x, {(A + 1) / 2, X, 2}, [&](const BFloat16* s, BFloat16* d) { vnni::pack_row_pairs(s, ld, A, X, d, X); });
+  }
+  TORCH_CHECK(false, "zenattn cpu attention: unknown pack");
+}
 
 void attention_fwd_kernel(const AttnParams& p) {
   if (p.dtype == at::kDouble) return forward<double, Products::blas>(p);
