@@ -9,6 +9,7 @@
 #include <ATen/Parallel.h>
 
 #include <limits>
+#include <mutex>
 
 namespace zenattn::cpu {
 namespace {
@@ -52,9 +53,17 @@ at::Tensor operand(const at::Tensor& t, at::ScalarType type) {
 }
 
 // A new (B, Hq, Nq, x) tensor for the output or dq: laid out like q where heads_inner(q).
+// like_q's tensor in memory: (B, Nq, Hq, x) where heads_inner(q), else (B, Hq, Nq, x) ...
+std::vector<int64_t> like_q_memory(const at::Tensor& q, int64_t x) {
+  if (heads_inner(q)) return {q.size(0), q.size(2), q.size(1), x};
+  return {q.size(0), q.size(1), q.size(2), x};
+}
+// ... and seen as (B, Hq, Nq, x).
+at::Tensor as_like_q(const at::Tensor& q, const at::Tensor& memory) {
+  return heads_inner(q) ? memory.transpose(1, 2) : memory;
+}
 at::Tensor like_q(const at::Tensor& q, int64_t x, const at::TensorOptions& opts) {
-  if (heads_inner(q)) return at::empty({q.size(0), q.size(2), q.size(1), x}, opts).transpose(1, 2);
-  return at::empty({q.size(0), q.size(1), q.size(2), x}, opts);
+  return as_like_q(q, at::empty(like_q_memory(q, x), opts));
 }
 
 // A pack's pointer for AttnParams: null for a pack this mode does not make.
@@ -109,12 +118,93 @@ AttnParams make_params(Products products, const at::Tensor& q, const at::Tensor&
 
 }  // namespace
 
-at::Tensor pack_operand(Pack kind, const at::Tensor& x) {
+std::vector<int64_t> pack_shape(Pack kind, const at::Tensor& x) {
+  const int64_t B = x.size(0), H = x.size(1), A = x.size(2), X = x.size(3);
+  switch (kind) {
+    case Pack::pairs_t: return {B, H, X / 2, A, 2};
+    case Pack::pairs: return {B, H, (A + 1) / 2, X, 2};
+    default: return {B, H, X, A};
+  }
+}
+
+at::ScalarType pack_dtype(Pack kind) { return kind == Pack::transposed ? at::kFloat : at::kBFloat16; }
+
+namespace {
+
+// Fills out (pack_shape, pack_dtype) with x packed.
+void pack_into(Pack kind, const at::Tensor& x, at::Tensor& out) {
   const bool pairs = kind == Pack::pairs || kind == Pack::pairs_t;
   TORCH_CHECK(x.dim() == 4 && (x.size(3) <= 1 || x.stride(3) == 1), "zenattn pack: x must be 4-D with a unit last stride");
   TORCH_CHECK(x.scalar_type() == (pairs ? at::kBFloat16 : at::kFloat), "zenattn pack: wrong dtype ", x.scalar_type());
   TORCH_CHECK(kind != Pack::pairs_t || x.size(3) % 2 == 0, "zenattn pack: pairs_t needs an even last dim");
-  ZENATTN_ISA_DISPATCH(attention_pack, kind, x)
+  ZENATTN_ISA_DISPATCH(attention_pack, kind, x, out)
+}
+
+// ---- scratch kept between calls ----------------------------------------------------------------
+// The launchers' internal tensors (the brgemm packs, the backward's dK/dV partials) come from one
+// buffer kept between calls, up to kKeptScratchBytes. Fresh buffers of that size come from malloc's
+// mmap or the top of its heap, which free hands back to the kernel, and the next call faults every
+// 4 KiB page in again: measured on the project's 2-core VM, 736 page faults per fp32 backward at
+// B=16 H=4 N=128 D=32 took 1.3 ms of its 3.1 ms. Above the cap (long sequences, where the products
+// dwarf the faults) or while another thread holds the buffer, the tensors are fresh as before.
+constexpr int64_t kKeptScratchBytes = int64_t(64) << 20;
+constexpr int64_t kScratchAlign = 64;
+
+class Scratch {
+ public:
+  Scratch() : lock_(mutex(), std::try_to_lock) {}
+  Scratch(const Scratch&) = delete;
+  Scratch& operator=(const Scratch&) = delete;
+
+  // A contiguous tensor from the kept buffer (fresh when it does not fit or is busy). It must not
+  // outlive this Scratch: the next call reuses the memory.
+  at::Tensor take(const std::vector<int64_t>& shape, at::ScalarType dtype) {
+    int64_t numel = 1;
+    for (int64_t s : shape) numel *= s;
+    const int64_t bytes = (numel * int64_t(c10::elementSize(dtype)) + kScratchAlign - 1) / kScratchAlign * kScratchAlign;
+    const int64_t offset = needed_;
+    needed_ += bytes;
+    at::Tensor& buf = kept();
+    if (!lock_.owns_lock() || !buf.defined() || offset + bytes > buf.numel()) {
+      return at::empty(shape, at::TensorOptions().dtype(dtype));
+    }
+    return buf.narrow(0, offset, bytes).view(dtype).narrow(0, 0, numel).view(shape);
+  }
+
+  // The next call's buffer holds what this one needed, up to the cap.
+  ~Scratch() {
+    at::Tensor& buf = kept();
+    if (lock_.owns_lock() && needed_ <= kKeptScratchBytes && (!buf.defined() || needed_ > buf.numel())) {
+      buf = at::empty({needed_}, at::TensorOptions().dtype(at::kByte));
+    }
+  }
+
+ private:
+  static std::mutex& mutex() {
+    static std::mutex m;
+    return m;
+  }
+  static at::Tensor& kept() {
+    static auto* buf = new at::Tensor();  // never freed: no tensor destructor runs at exit
+    return *buf;
+  }
+  std::unique_lock<std::mutex> lock_;
+  int64_t needed_ = 0;
+};
+
+// x packed into a tensor from the scratch.
+at::Tensor pack_in(Scratch& scratch, Pack kind, const at::Tensor& x) {
+  at::Tensor out = scratch.take(pack_shape(kind, x), pack_dtype(kind));
+  pack_into(kind, x, out);
+  return out;
+}
+
+}  // namespace
+
+at::Tensor pack_operand(Pack kind, const at::Tensor& x) {
+  at::Tensor out = at::empty(pack_shape(kind, x), x.options().dtype(pack_dtype(kind)));
+  pack_into(kind, x, out);
+  return out;
 }
 
 std::vector<at::Tensor> attention_fwd(const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in,
@@ -124,11 +214,12 @@ std::vector<at::Tensor> attention_fwd(const at::Tensor& q_in, const at::Tensor& 
   const at::Tensor q = operand(q_in, type), k = operand(k_in, type), v = operand(v_in, type);
   at::Tensor mask_holder, alibi_holder, kt_pack, v_pack;
   AttnParams p = make_params(products, q, k, v, opt, mask_holder, alibi_holder);
+  Scratch scratch;
   if (products == Products::brgemm_bf16) {
-    kt_pack = pack_operand(Pack::pairs_t, k);
-    v_pack = pack_operand(Pack::pairs, v);
+    kt_pack = pack_in(scratch, Pack::pairs_t, k);
+    v_pack = pack_in(scratch, Pack::pairs, v);
   } else if (products == Products::brgemm_f32) {
-    kt_pack = pack_operand(Pack::transposed, k);
+    kt_pack = pack_in(scratch, Pack::transposed, k);
   }
   p.kt_pack = data_or_null(kt_pack), p.v_pack = data_or_null(v_pack);
   const auto opts = q.options().dtype(p.dtype);
@@ -160,11 +251,12 @@ std::vector<at::Tensor> attention_bwd(const at::Tensor& dout_in, const at::Tenso
   const at::Tensor lse = lse_in.to(p.dtype).contiguous();
   at::Tensor kt_pack, vt_pack, k_pack;
   const bool brgemm = products != Products::blas;
+  Scratch scratch;
   if (products == Products::brgemm_bf16) {
-    kt_pack = pack_operand(Pack::pairs_t, k), vt_pack = pack_operand(Pack::pairs_t, v);
-    k_pack = pack_operand(Pack::pairs, k);
+    kt_pack = pack_in(scratch, Pack::pairs_t, k), vt_pack = pack_in(scratch, Pack::pairs_t, v);
+    k_pack = pack_in(scratch, Pack::pairs, k);
   } else if (brgemm) {
-    kt_pack = pack_operand(Pack::transposed, k), vt_pack = pack_operand(Pack::transposed, v);
+    kt_pack = pack_in(scratch, Pack::transposed, k), vt_pack = pack_in(scratch, Pack::transposed, v);
   }
   p.kt_pack = data_or_null(kt_pack), p.vt_pack = data_or_null(vt_pack), p.k_pack = data_or_null(k_pack);
   p.lse = const_cast<void*>(lse.data_ptr());
@@ -174,7 +266,9 @@ std::vector<at::Tensor> attention_bwd(const at::Tensor& dout_in, const at::Tenso
   p.dlse = dlse.defined() ? dlse.data_ptr() : nullptr;
   p.o_sb = o.stride(0), p.o_sh = o.stride(1), p.o_sn = row_stride(o);
   const auto opts = q.options().dtype(p.dtype);
-  at::Tensor dq = like_q(q_in, p.D, opts);
+  // (a temporary from the scratch where it is converted to q's type at the end)
+  at::Tensor dq = q_in.scalar_type() == p.dtype ? like_q(q_in, p.D, opts)
+                                                : as_like_q(q_in, scratch.take(like_q_memory(q_in, p.D), p.dtype));
   // dK/dV per (q head, query chunk): a GQA group's heads and a head's chunks are summed below, in
   // a fixed order. Without GQA and with one chunk they are dK/dV themselves.
   p.q_chunks = attention_bwd_q_chunks(p);
@@ -183,8 +277,11 @@ std::vector<at::Tensor> attention_bwd(const at::Tensor& dout_in, const at::Tenso
     return brgemm ? std::vector<int64_t>{p.B, p.Hq * p.q_chunks, x, p.Nk}
                   : std::vector<int64_t>{p.B, p.Hq * p.q_chunks, p.Nk, x};
   };
-  at::Tensor dk_parts = at::empty(part_shape(p.D), opts);
-  at::Tensor dv_parts = at::empty(part_shape(p.Dv), opts);
+  // (brgemm modes: from the scratch, as they are always copied into fresh dK / dV below)
+  const auto new_parts = [&](int64_t x) {
+    return brgemm ? scratch.take(part_shape(x), p.dtype) : at::empty(part_shape(x), opts);
+  };
+  at::Tensor dk_parts = new_parts(p.D), dv_parts = new_parts(p.Dv);
   p.dq = dq.data_ptr();
   p.dq_sb = dq.stride(0), p.dq_sh = dq.stride(1), p.dq_sn = row_stride(dq);
   p.dk_parts = dk_parts.data_ptr();

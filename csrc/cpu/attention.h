@@ -114,7 +114,7 @@ enum class Pack {
   namespace ISA {                                        \
   void attention_fwd_kernel(const AttnParams& p);        \
   void attention_bwd_kernel(const AttnParams& p);        \
-  at::Tensor attention_pack(Pack kind, const at::Tensor& x); \
+  void attention_pack(Pack kind, const at::Tensor& x, at::Tensor& out); \
   }
 ZENATTN_DECLARE_ATTENTION_KERNELS(DEFAULT)
 ZENATTN_DECLARE_ATTENTION_KERNELS(AVX2)
@@ -127,8 +127,11 @@ inline int64_t row_stride(const at::Tensor& t) {
   return t.size(2) <= 1 ? std::max<int64_t>(t.size(3), 1) : t.stride(2);
 }
 
-// Pack x for this machine's instruction set (ISA::attention_pack). x: float32 for the transposed
-// packs, bfloat16 for the pairs (X even for pairs_t), unit last stride.
+// Pack x for this machine's instruction set (ISA::attention_pack, which fills out: contiguous, of
+// pack_shape's shape and pack_dtype's type). x: float32 for the transposed packs, bfloat16 for the
+// pairs (X even for pairs_t), unit last stride.
+std::vector<int64_t> pack_shape(Pack kind, const at::Tensor& x);
+at::ScalarType pack_dtype(Pack kind);
 at::Tensor pack_operand(Pack kind, const at::Tensor& x);
 
 // Options shared by the forward and the backward launcher.
