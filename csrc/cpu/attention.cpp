@@ -146,8 +146,9 @@ void pack_into(Pack kind, const at::Tensor& x, at::Tensor& out) {
 // mmap or the top of its heap, which free hands back to the kernel, and the next call faults every
 // 4 KiB page in again: measured on the project's 2-core VM, 736 page faults per fp32 backward at
 // B=16 H=4 N=128 D=32 took 1.3 ms of its 3.1 ms. Above the cap (long sequences, where the products
-// dwarf the faults) or while another thread holds the buffer, the tensors are fresh as before.
-constexpr int64_t kKeptScratchBytes = int64_t(64) << 20;
+// dwarf the faults; the kept buffer is then let go) or while another thread holds the buffer, the
+// tensors are fresh. The cap covers the reference Transformer's presets (at most ~9 MiB a call).
+constexpr int64_t kKeptScratchBytes = int64_t(16) << 20;
 constexpr int64_t kScratchAlign = 64;
 
 class Scratch {
@@ -164,11 +165,14 @@ class Scratch {
     const int64_t bytes = (numel * int64_t(c10::elementSize(dtype)) + kScratchAlign - 1) / kScratchAlign * kScratchAlign;
     const int64_t offset = needed_;
     needed_ += bytes;
-    at::Tensor& buf = kept();
-    if (!lock_.owns_lock() || !buf.defined() || offset + bytes > buf.numel()) {
-      return at::empty(shape, at::TensorOptions().dtype(dtype));
+    if (lock_.owns_lock()) {
+      at::Tensor& buf = kept();
+      if (buf.defined() && offset + bytes <= buf.numel()) {
+        return buf.narrow(0, offset, bytes).view(dtype).narrow(0, 0, numel).view(shape);
+      }
+      buf = at::Tensor();  // too small for this call: not held on top of its fresh tensors
     }
-    return buf.narrow(0, offset, bytes).view(dtype).narrow(0, 0, numel).view(shape);
+    return at::empty(shape, at::TensorOptions().dtype(dtype));
   }
 
   // The next call's buffer holds what this one needed, up to the cap.
