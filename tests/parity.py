@@ -15,6 +15,9 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import subprocess
+import sys
+import textwrap
 
 import pytest
 import torch
@@ -266,3 +269,18 @@ def check_norm_parity(kind, leaf, view, weight, bias, residual, eps, dtype, back
     assert len(ours[1]) == len(present)
     for name, o, t, r in zip(present, ours[1], theirs[1], ref[1]):
         assert_within_rule(name, o, t, r, GRAD_FACTOR, dtype, where)
+
+
+def run_under_isa(code: str, isa: str, **env: str) -> list[str]:
+    """Run ``code`` in a fresh Python with ``ATEN_CPU_CAPABILITY=isa`` (and ``env``): it must print
+    the extension's cpu_isa first and "ok" last. Checks that it passed and ran that instruction
+    set's kernels (where this CPU has them); returns what it printed in between."""
+    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
+                          env=dict(os.environ, ATEN_CPU_CAPABILITY=isa, **env), timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ran, *printed, status = proc.stdout.split()
+    assert status == "ok"
+    cpu_has = torch.backends.cpu.get_cpu_capability()
+    if isa == "default" or isa.upper() in cpu_has or cpu_has == "AVX512":
+        assert ran == isa.upper(), f"asked for {isa}, ran {ran}"
+    return printed

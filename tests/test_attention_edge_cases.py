@@ -17,7 +17,8 @@ import zenattn
 from zenattn.functional.attention import draw_seed
 from zenattn.reference import attention_ref, dropout_keep_ref
 
-from parity import KERNELS, FWD_FACTOR, GRAD_FACTOR, assert_within_rule, exact_dtype, exact_tol, skip_if_declined
+from parity import (KERNELS, FWD_FACTOR, GRAD_FACTOR, assert_within_rule, exact_dtype, exact_tol, run_under_isa,
+                    skip_if_declined)
 
 
 
@@ -609,18 +610,8 @@ def test_every_cpu_isa_build_and_gemm_path(isa, blas):
         assert (out - ref).abs().max() < 1e-10
         print("ok")
     """)
-    env = dict(os.environ, ATEN_CPU_CAPABILITY=isa)
-    if blas == "aten":
-        env["ZENATTN_CPU_BLAS"] = "aten"
-        env["ZENATTN_CPU_BRGEMM"] = "0"
-    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    ran_isa, ran_blas, status = proc.stdout.split()
-    assert status == "ok"
-    assert ran_blas == blas
-    cpu_has = torch.backends.cpu.get_cpu_capability()
-    if isa == "default" or isa.upper() in cpu_has or cpu_has == "AVX512":
-        assert ran_isa == isa.upper(), f"asked for {isa}, ran {ran_isa}"
+    env = dict(ZENATTN_CPU_BLAS="aten", ZENATTN_CPU_BRGEMM="0") if blas == "aten" else {}
+    assert run_under_isa(code, isa, **env) == [blas]
 
 
 @pytest.mark.parametrize("isa", ["default", "avx2", "avx512"])
@@ -666,14 +657,7 @@ def test_operand_packs_match_torch_on_every_isa(isa):
                 same(_C._attention_pack("pairs", b), want.contiguous())
         print("ok")
     """)
-    env = dict(os.environ, ATEN_CPU_CAPABILITY=isa)
-    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    ran_isa, status = proc.stdout.split()
-    assert status == "ok"
-    cpu_has = torch.backends.cpu.get_cpu_capability()
-    if isa == "default" or isa.upper() in cpu_has or cpu_has == "AVX512":
-        assert ran_isa == isa.upper(), f"asked for {isa}, ran {ran_isa}"
+    run_under_isa(code, isa)
 
 
 def _cpu_has_avx512_bf16():

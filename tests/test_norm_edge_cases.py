@@ -4,9 +4,6 @@ every CPU instruction-set build of the kernels."""
 from __future__ import annotations
 
 import glob
-import os
-import subprocess
-import sys
 import textwrap
 
 import pytest
@@ -17,7 +14,7 @@ import zenattn
 from zenattn.functional.attention import draw_seed
 from zenattn.reference import layer_norm_ref, norm_dropout_keep_ref, rms_norm_ref
 
-from parity import NORM_KERNELS, FWD_FACTOR, GRAD_FACTOR, assert_within_rule, exact_dtype, exact_tol
+from parity import NORM_KERNELS, FWD_FACTOR, GRAD_FACTOR, assert_within_rule, exact_dtype, exact_tol, run_under_isa
 
 
 @pytest.fixture(params=NORM_KERNELS)
@@ -416,11 +413,4 @@ def test_every_cpu_isa_build(isa):
                 assert torch.equal(s, (keep.to(dtype) / 0.7).to(dtype)), (dtype, n)
         print("ok")
     """)
-    env = dict(os.environ, ATEN_CPU_CAPABILITY=isa)
-    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    ran, status = proc.stdout.split()
-    assert status == "ok"
-    cpu_has = torch.backends.cpu.get_cpu_capability()
-    if isa == "default" or isa.upper() in cpu_has or cpu_has == "AVX512":
-        assert ran == isa.upper(), f"asked for {isa}, ran {ran}"
+    run_under_isa(code, isa)
