@@ -52,13 +52,12 @@ at::Tensor operand(const at::Tensor& t, at::ScalarType type) {
   return c;
 }
 
-// A new (B, Hq, Nq, x) tensor for the output or dq: laid out like q where heads_inner(q).
-// like_q's tensor in memory: (B, Nq, Hq, x) where heads_inner(q), else (B, Hq, Nq, x) ...
+// An output or dq (B, Hq, Nq, x) laid out like q where heads_inner(q): in memory (B, Nq, Hq, x)
+// (like_q_memory's shape), seen through as_like_q; contiguous otherwise.
 std::vector<int64_t> like_q_memory(const at::Tensor& q, int64_t x) {
   if (heads_inner(q)) return {q.size(0), q.size(2), q.size(1), x};
   return {q.size(0), q.size(1), q.size(2), x};
 }
-// ... and seen as (B, Hq, Nq, x).
 at::Tensor as_like_q(const at::Tensor& q, const at::Tensor& memory) {
   return heads_inner(q) ? memory.transpose(1, 2) : memory;
 }

@@ -331,11 +331,11 @@ struct Head {
 // ---- per-thread tiles ---------------------------------------------------------------------------
 
 // n elements of E, from a buffer each thread keeps between calls (grow-only; per thread a few
-// (query block x key block) tiles). Vectors made afresh each call come back from malloc as pages
-// that the thread's arena trimmed, and fault in again: measured on the project's 2-core VM, up to
-// 480 page faults and 1.8 ms more per fp32 backward at B=16 H=4 N=128 D=32. Contents are stale:
-// every user writes an element before it reads it. kSlot tells a kernel's buffers of one type apart
-// (the forward and the backward share them, never at the same time on one thread).
+// (query block x key block) tiles, up to ~1 MiB at 256 queries x D 256). Vectors made afresh each
+// call can come back from malloc as pages that the thread's arena trimmed, to fault in again (the
+// launcher's scratch, attention.cpp, has the measurement). Contents are stale: every user writes
+// an element before it reads it. kSlot tells a kernel's buffers of one type apart (the forward and
+// the backward share them, never at the same time on one thread).
 template <typename E>
 struct Tile {
   E* ptr;
