@@ -331,7 +331,7 @@ struct Head {
 // ---- per-thread tiles ---------------------------------------------------------------------------
 
 // n elements of E, from a buffer each thread keeps between calls (grow-only; per thread a few
-// (query block x key block) tiles, up to ~1 MiB at 256 queries x D 256). Vectors made afresh each
+// (query block x key block) tiles, about 2 MiB at most: 256 queries, D 256). Vectors made afresh each
 // call can come back from malloc as pages that the thread's arena trimmed, to fault in again (the
 // launcher's scratch, attention.cpp, has the measurement). Contents are stale: every user writes
 // an element before it reads it. kSlot tells a kernel's buffers of one type apart (the forward and
