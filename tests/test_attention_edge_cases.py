@@ -526,42 +526,6 @@ def test_result_independent_of_thread_count(dtype):
             assert torch.equal(a, b)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
-def test_concurrent_calls_from_python_threads(dtype):
-    """The launchers keep one scratch buffer between calls (packs, dK/dV partials) and each kernel
-    thread its tiles: calls running at once from several Python threads (the backward runs without
-    the GIL) must each get the result they get alone, bitwise, whichever call holds the buffer."""
-    import threading
-    shapes = [(2, 4, 131, 32), (1, 8, 256, 64), (3, 2, 77, 16)]
-    inputs = []
-    for shape in shapes:
-        q, k, v = (randn(*shape, dtype=dtype, requires_grad=True) for _ in range(3))
-        inputs.append((q, k, v, randn(*shape, dtype=dtype)))
-
-    def run(i):
-        q, k, v, dout = inputs[i]
-        out = zenattn.attention(q, k, v, causal=True, backend="cpu")
-        return (out.detach(), *grads_of(out, (q, k, v), dout))
-
-    alone = [run(i) for i in range(len(shapes))]
-    errors = []
-
-    def worker(i):
-        try:
-            for _ in range(15):
-                for a, b in zip(run(i), alone[i]):
-                    assert torch.equal(a, b)
-        except Exception as e:  # reported below, from the main thread
-            errors.append(e)
-
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(len(shapes))]
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join()
-    assert not errors, errors[0]
-
-
 # ---- every instruction-set build, and both matrix-product paths ------------------------------------
 
 @pytest.mark.parametrize("isa, blas", [

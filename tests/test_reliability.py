@@ -5,6 +5,7 @@ tensors past 2^31 elements, bitwise determinism over 50 repeats on every backend
 from __future__ import annotations
 
 import concurrent.futures
+import threading
 import warnings
 
 import pytest
@@ -205,3 +206,40 @@ def test_concurrent_calls_from_threads(backend):
     for t in tasks:
         for got, want in zip(together[t], alone[t]):
             assert torch.equal(got, want), f"task {t}"
+
+
+@CPU_ONLY
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_concurrent_cpu_calls_sharing_the_kept_scratch(dtype):
+    """The cpu launchers keep one scratch buffer between calls (the brgemm packs and dK/dV partials,
+    from 64 queries: test_concurrent_calls_from_threads' shapes stay below that) and each kernel
+    thread its tiles: calls running at once from several Python threads (the backward runs without
+    the GIL) must each get the result they get alone, bitwise, whichever call holds the buffer."""
+    shapes = [(2, 4, 131, 32), (1, 8, 256, 64), (3, 2, 77, 16)]
+    inputs = []
+    for shape in shapes:
+        q, k, v = (torch.randn(*shape, dtype=dtype, requires_grad=True) for _ in range(3))
+        inputs.append((q, k, v, torch.randn(*shape, dtype=dtype)))
+
+    def run(i):
+        q, k, v, dout = inputs[i]
+        out = zenattn.attention(q, k, v, causal=True, backend="cpu")
+        return (out.detach(), *torch.autograd.grad(out, (q, k, v), dout))
+
+    alone = [run(i) for i in range(len(shapes))]
+    errors = []
+
+    def worker(i):
+        try:
+            for _ in range(15):
+                for a, b in zip(run(i), alone[i]):
+                    assert torch.equal(a, b)
+        except Exception as e:  # reported below, from the main thread
+            errors.append(e)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(len(shapes))]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert not errors, errors[0]
