@@ -303,6 +303,9 @@ PYBIND11_MODULE(_C, m) {
       py::arg("kind"), py::arg("x"),
       "The cpu attention's operand pack of x (B, H, A, X): transposed, transposed_bf16, pairs_t or pairs "
       "(csrc/cpu/attention.h). For tests.");
+  m.def("_release_attention_scratch", &zenattn::cpu::release_attention_scratch,
+        "Let go of the scratch buffer the cpu attention launchers keep between calls; returns the bytes it "
+        "held. For tests that measure one call's memory.");
   def_norm_forward(m, "norm_autograd", &norm_forward<zenattn::cpu::norm_autograd>,
                    "norm_fwd with its autograd in C++: returns [y, sum, mean, rstd] (absent ones: 0 elements)");
   def_attention_forward(m, "attention_fwd", &attention_forward<zenattn::cpu::attention_fwd>,

@@ -152,7 +152,7 @@ constexpr int64_t kScratchAlign = 64;
 
 class Scratch {
  public:
-  Scratch() : lock_(mutex(), std::try_to_lock) {}
+  Scratch() : lock_(state().mutex, std::try_to_lock) {}
   Scratch(const Scratch&) = delete;
   Scratch& operator=(const Scratch&) = delete;
 
@@ -165,31 +165,45 @@ class Scratch {
     const int64_t offset = needed_;
     needed_ += bytes;
     if (lock_.owns_lock()) {
-      at::Tensor& buf = kept();
-      if (buf.defined() && offset + bytes <= buf.numel()) {
-        return buf.narrow(0, offset, bytes).view(dtype).narrow(0, 0, numel).view(shape);
+      State& st = state();
+      // At a call's first tensor, grow the buffer to what the last call needed: allocated here
+      // rather than when that call ended, so it never coexists with that call's fresh tensors.
+      if (offset == 0 && st.wanted > 0 && (!st.buf.defined() || st.buf.numel() < st.wanted)) {
+        st.buf = at::Tensor();
+        st.buf = at::empty({st.wanted}, at::TensorOptions().dtype(at::kByte));
       }
-      buf = at::Tensor();  // too small for this call: not held on top of its fresh tensors
+      if (st.buf.defined() && offset + bytes <= st.buf.numel()) {
+        return st.buf.narrow(0, offset, bytes).view(dtype).narrow(0, 0, numel).view(shape);
+      }
+      st.buf = at::Tensor();  // too small for this call: not held on top of its fresh tensors
     }
     return at::empty(shape, at::TensorOptions().dtype(dtype));
   }
 
   // The next call's buffer holds what this one needed, up to the cap.
   ~Scratch() {
-    at::Tensor& buf = kept();
-    if (lock_.owns_lock() && needed_ <= kKeptScratchBytes && (!buf.defined() || needed_ > buf.numel())) {
-      buf = at::empty({needed_}, at::TensorOptions().dtype(at::kByte));
-    }
+    if (lock_.owns_lock()) state().wanted = needed_ <= kKeptScratchBytes ? needed_ : 0;
+  }
+
+  // Lets the kept buffer go (the next call starts from fresh tensors); for tests that measure a
+  // call's memory. Returns the bytes it held.
+  static int64_t release() {
+    std::lock_guard<std::mutex> guard(state().mutex);
+    const int64_t held = state().buf.defined() ? state().buf.numel() : 0;
+    state().buf = at::Tensor();
+    state().wanted = 0;
+    return held;
   }
 
  private:
-  static std::mutex& mutex() {
-    static std::mutex m;
-    return m;
-  }
-  static at::Tensor& kept() {
-    static auto* buf = new at::Tensor();  // never freed: no tensor destructor runs at exit
-    return *buf;
+  struct State {
+    std::mutex mutex;
+    at::Tensor buf;      // bytes
+    int64_t wanted = 0;  // what the last call that held the mutex needed (0: over the cap)
+  };
+  static State& state() {
+    static auto* st = new State();  // never freed: no tensor destructor runs at exit
+    return *st;
   }
   std::unique_lock<std::mutex> lock_;
   int64_t needed_ = 0;
@@ -203,6 +217,8 @@ at::Tensor pack_in(Scratch& scratch, Pack kind, const at::Tensor& x) {
 }
 
 }  // namespace
+
+int64_t release_attention_scratch() { return Scratch::release(); }
 
 at::Tensor pack_operand(Pack kind, const at::Tensor& x) {
   at::Tensor out = at::empty(pack_shape(kind, x), x.options().dtype(pack_dtype(kind)));

@@ -134,6 +134,10 @@ std::vector<int64_t> pack_shape(Pack kind, const at::Tensor& x);
 at::ScalarType pack_dtype(Pack kind);
 at::Tensor pack_operand(Pack kind, const at::Tensor& x);
 
+// Lets go of the scratch buffer the launchers keep between calls (csrc/cpu/attention.cpp, Scratch);
+// returns the bytes it held. For tests that measure one call's memory.
+int64_t release_attention_scratch();
+
 // Options shared by the forward and the backward launcher.
 struct AttnOptions {
   double scale;

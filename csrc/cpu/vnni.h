@@ -1,5 +1,6 @@
-// Operands for the brgemm tile products (blas::brgemm): bf16 VNNI pairs, and transposes.
-// Shared by the attention launcher (whole K/V/Q/dO per head) and kernels (P and dS per tile).
+// Operands for the brgemm tile products (blas::brgemm): bf16 VNNI pairs, and transposes. Used by
+// the attention kernel file, once per instruction set: the launchers' packs (whole K/V per head,
+// attention_pack) and the kernels' tiles (Q^T and dO^T per query block, P and dS per tile).
 #pragma once
 
 #include <c10/util/BFloat16.h>
