@@ -296,8 +296,16 @@ PYBIND11_MODULE(_C, m) {
                                                      {"transposed_bf16", Pack::transposed_bf16},
                                                      {"pairs_t", Pack::pairs_t},
                                                      {"pairs", Pack::pairs}};
-        for (const auto& [name, pack] : kinds)
-          if (kind == name) return zenattn::cpu::pack_operand(pack, x);
+        for (const auto& [name, pack] : kinds) {
+          if (kind != name) continue;
+          const bool pairs = pack == Pack::pairs || pack == Pack::pairs_t;
+          TORCH_CHECK(x.dim() == 4 && (x.size(3) <= 1 || x.stride(3) == 1),
+                      "zenattn pack: x must be 4-D with a unit last stride");
+          TORCH_CHECK(x.scalar_type() == (pairs ? at::kBFloat16 : at::kFloat), "zenattn pack: wrong dtype ",
+                      x.scalar_type());
+          TORCH_CHECK(pack != Pack::pairs_t || x.size(3) % 2 == 0, "zenattn pack: pairs_t needs an even last dim");
+          return zenattn::cpu::pack_operand(pack, x);
+        }
         TORCH_CHECK(false, "zenattn pack: unknown kind '", kind, "'");
       },
       py::arg("kind"), py::arg("x"),

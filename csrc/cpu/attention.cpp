@@ -117,6 +117,9 @@ AttnParams make_params(Products products, const at::Tensor& q, const at::Tensor&
 
 }  // namespace
 
+namespace {
+
+// The shape and type of x's pack (Pack, attention.h).
 std::vector<int64_t> pack_shape(Pack kind, const at::Tensor& x) {
   const int64_t B = x.size(0), H = x.size(1), A = x.size(2), X = x.size(3);
   switch (kind) {
@@ -125,19 +128,10 @@ std::vector<int64_t> pack_shape(Pack kind, const at::Tensor& x) {
     default: return {B, H, X, A};
   }
 }
-
 at::ScalarType pack_dtype(Pack kind) { return kind == Pack::transposed ? at::kFloat : at::kBFloat16; }
 
-namespace {
-
 // Fills out (pack_shape, pack_dtype) with x packed.
-void pack_into(Pack kind, const at::Tensor& x, at::Tensor& out) {
-  const bool pairs = kind == Pack::pairs || kind == Pack::pairs_t;
-  TORCH_CHECK(x.dim() == 4 && (x.size(3) <= 1 || x.stride(3) == 1), "zenattn pack: x must be 4-D with a unit last stride");
-  TORCH_CHECK(x.scalar_type() == (pairs ? at::kBFloat16 : at::kFloat), "zenattn pack: wrong dtype ", x.scalar_type());
-  TORCH_CHECK(kind != Pack::pairs_t || x.size(3) % 2 == 0, "zenattn pack: pairs_t needs an even last dim");
-  ZENATTN_ISA_DISPATCH(attention_pack, kind, x, out)
-}
+void pack_into(Pack kind, const at::Tensor& x, at::Tensor& out) { ZENATTN_ISA_DISPATCH(attention_pack, kind, x, out) }
 
 // ---- scratch kept between calls ----------------------------------------------------------------
 // The launchers' internal tensors (the brgemm packs, the backward's dK/dV partials) come from one
@@ -169,7 +163,7 @@ class Scratch {
       // At a call's first tensor, grow the buffer to what the last call needed: allocated here
       // rather than when that call ended, so it never coexists with that call's fresh tensors.
       if (offset == 0 && st.wanted > 0 && (!st.buf.defined() || st.buf.numel() < st.wanted)) {
-        st.buf = at::Tensor();
+        st.buf = at::Tensor();  // the old one goes before the new one comes
         st.buf = at::empty({st.wanted}, at::TensorOptions().dtype(at::kByte));
       }
       if (st.buf.defined() && offset + bytes <= st.buf.numel()) {

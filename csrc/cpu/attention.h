@@ -127,11 +127,9 @@ inline int64_t row_stride(const at::Tensor& t) {
   return t.size(2) <= 1 ? std::max<int64_t>(t.size(3), 1) : t.stride(2);
 }
 
-// Pack x for this machine's instruction set (ISA::attention_pack, which fills out: contiguous, of
-// pack_shape's shape and pack_dtype's type). x: float32 for the transposed packs, bfloat16 for the
-// pairs (X even for pairs_t), unit last stride.
-std::vector<int64_t> pack_shape(Pack kind, const at::Tensor& x);
-at::ScalarType pack_dtype(Pack kind);
+// x packed by this machine's instruction set (ISA::attention_pack), into a new contiguous tensor.
+// x: float32 for the transposed packs, bfloat16 for the pairs (X even for pairs_t), 4-D with a unit
+// last stride (checked by the caller: the launchers make it so, the test binding checks it).
 at::Tensor pack_operand(Pack kind, const at::Tensor& x);
 
 // Lets go of the scratch buffer the launchers keep between calls (csrc/cpu/attention.cpp, Scratch);
