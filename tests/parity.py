@@ -45,6 +45,13 @@ def kernel_backends(device: str, op: str) -> list[str]:
     return ["triton"] + (["cuda"] if cuda_built and full_contract and zenattn.backends.has_kernel("cuda", op) else [])
 
 
+def interpreted(backend: str) -> bool:
+    """Whether ``backend`` runs in Triton's interpreter here: its programs run one after another in
+    a fixed order on one thread, so repeated calls can differ only through what a kernel reads
+    unwritten (uninitialized memory), which a few repeats show as well as many."""
+    return backend == "triton" and TEST_DEVICE == "cpu"
+
+
 def exact_dtype(backend: str, op: str = "attention") -> torch.dtype:
     """The most precise dtype ``backend`` computes ``op`` (attention or norm) in on the test device:
     float64, except where it declines float64: the CUDA C++ kernels, and the Triton attention kernels

@@ -17,8 +17,8 @@ import zenattn
 from zenattn.functional.attention import draw_seed
 from zenattn.reference import attention_ref, dropout_keep_ref
 
-from parity import (KERNELS, FWD_FACTOR, GRAD_FACTOR, assert_within_rule, exact_dtype, exact_tol, run_under_isa,
-                    skip_if_declined)
+from parity import (KERNELS, FWD_FACTOR, GRAD_FACTOR, assert_within_rule, exact_dtype, exact_tol, interpreted,
+                    run_under_isa, skip_if_declined)
 
 
 
@@ -496,7 +496,7 @@ def test_deterministic_backward_bitwise_repeatable(dtype, backend):
     k, v = (randn(2, 2, 197, 40, dtype=dtype, requires_grad=True) for _ in range(2))
     dout = randn(2, 6, 131, 40, dtype=dtype)
     first = None
-    for _ in range(5):  # a handful; the checklist's 50 are for the GPU kernels' atomics
+    for _ in range(2 if interpreted(backend) else 5):  # a handful (test_reliability.py has the 50)
         out, lse = zenattn.attention(q, k, v, causal=True, alignment="bottom_right", return_lse=True,
                                      deterministic=True, backend=backend)
         grads = grads_of((out, lse), (q, k, v), (dout, torch.ones_like(lse)))
