@@ -27,7 +27,7 @@ from zenattn import nn  # noqa: E402
 from zenattn.patch import PatchReport, patch, unpatch  # noqa: E402
 
 __all__ = ["__version__", "attention", "scaled_dot_product_attention", "layer_norm", "rms_norm", "nn", "info", "explain", "reference",
-           "backends", "BackendUnavailableError", "patch", "unpatch", "PatchReport"]
+           "backends", "BackendUnavailableError", "patch", "unpatch", "PatchReport", "empty_cache"]
 
 
 def info() -> dict:
@@ -41,6 +41,16 @@ def info() -> dict:
         "backends": {name: {"built": s.built, "usable": s.usable, "reason": s.reason}
                      for name in backends.ALL_BACKENDS for s in [backends.status(name)]},
     }
+
+
+def empty_cache() -> int:
+    """Let go of the memory zenattn's CPU kernels keep between calls, as ``torch.cuda.empty_cache``
+    does for CUDA's cache; returns the bytes released. That is the attention launchers' scratch
+    buffer: at most 16 MiB, kept so that calls of up to that much scratch do not fault fresh pages
+    in every time (csrc/cpu/attention.cpp). A call in progress on another thread finishes first.
+    Each kernel thread's own tiles (about 2 MiB a thread at most) stay until the thread ends."""
+    ext, _ = backends._extension()
+    return int(ext._release_attention_scratch()) if ext is not None else 0
 
 
 backends.refresh()  # probe every backend now, so code traced by torch.compile only reads results
