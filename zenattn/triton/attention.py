@@ -37,8 +37,8 @@ from torch import Tensor
 
 from zenattn.ops.attention import new_like_q
 from zenattn.triton import interpreting
-from zenattn.triton.common import (acc_dtype, autotuned, dot, dropout_args, dropout_keep, round_bf16,
-                                   serialized_in_interpreter, stat_dtype, store_rounded, tanh, to_dtype)
+from zenattn.triton.common import (acc_dtype, autotuned, cdiv, dot, dropout_args, dropout_keep, next_power_of_2,
+                                   round_bf16, serialized_in_interpreter, stat_dtype, store_rounded, tanh, to_dtype)
 
 MAX_HEAD_DIM = 256
 LOG2E = tl.constexpr(1.4426950408889634)  # jit code reads module globals only as constexpr
@@ -385,7 +385,7 @@ def _unit_last_stride(t: Tensor) -> Tensor:
 def _head_dim_block(d: int) -> int:
     if not 1 <= d <= MAX_HEAD_DIM:
         raise ValueError(f"zenattn triton attention: head dims must be in 1..{MAX_HEAD_DIM}, got {d}")
-    return max(16, triton.next_power_of_2(d))
+    return max(16, next_power_of_2(d))
 
 
 def _window_side(side: int, nq: int, nk: int) -> int:
@@ -422,7 +422,7 @@ def _score_args(q: Tensor, k: Tensor, attn_mask: Optional[Tensor], alibi_slopes:
 def _sizes(q: Tensor, k: Tensor, v: Tensor):
     B, H, Nq, D = q.shape
     Hk, Nk, DV = k.shape[1], k.shape[2], v.shape[3]
-    tune_n = triton.next_power_of_2(max(Nq, Nk, 1))
+    tune_n = next_power_of_2(max(Nq, Nk, 1))
     block_d, block_dv = head_dim_blocks(D, DV, q.device)
     return (H, H // Hk if Hk else 1, Nq, Nk, D, DV, tune_n), dict(BLOCK_D=block_d, BLOCK_DV=block_dv)
 
@@ -462,7 +462,7 @@ def attention_fwd(q: Tensor, k: Tensor, v: Tensor, attn_mask: Optional[Tensor], 
         q, k, attn_mask, alibi_slopes, seed, scale, softcap, window_left, window_right, bottom_right, dropout_p)
     args = (q, k, v, out, lse, mask, slopes, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3],
             *out.stride()[:3], *lse.stride()[:2], *mask_strides, *slope_strides, *sizes, *scalars)
-    _launch(_attn_fwd_kernel, _FWD_TUNED, lambda BLOCK_M, BLOCK_N: B * H * triton.cdiv(Nq, BLOCK_M), args,
+    _launch(_attn_fwd_kernel, _FWD_TUNED, lambda BLOCK_M, BLOCK_N: B * H * cdiv(Nq, BLOCK_M), args,
             dict(**flags, **blocks))
     return result()
 
@@ -486,7 +486,7 @@ def attention_bwd(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, ls
     rows = B * H * Nq
     block_dv = _head_dim_block(DV)
     block_r = max(1, min(64, 4096 // block_dv))
-    _attn_bwd_preprocess_kernel[(triton.cdiv(rows, block_r),)](
+    _attn_bwd_preprocess_kernel[(cdiv(rows, block_r),)](
         out, dout, dlse.contiguous() if dlse is not None else None, delta, rows, DV,
         BLOCK_R=block_r, BLOCK_DV=block_dv, HAS_DLSE=dlse is not None, ACC=acc_dtype(q.dtype))
 
@@ -496,9 +496,9 @@ def attention_bwd(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, ls
     meta = dict(**flags, **blocks)
     qkv_strides = (*q.stride()[:3], *k.stride()[:3], *v.stride()[:3])
     tail = (*mask_strides, *slope_strides, *sizes, *scalars)
-    _launch(_attn_bwd_dkdv_kernel, _DKDV_TUNED, lambda BLOCK_M, BLOCK_N: B * Hk * triton.cdiv(Nk, BLOCK_N),
+    _launch(_attn_bwd_dkdv_kernel, _DKDV_TUNED, lambda BLOCK_M, BLOCK_N: B * Hk * cdiv(Nk, BLOCK_N),
             (q, k, v, dout, lse, delta, dk, dv, mask, slopes, *qkv_strides, *dk.stride()[:3], *dv.stride()[:3],
              *tail), meta)
-    _launch(_attn_bwd_dq_kernel, _DQ_TUNED, lambda BLOCK_M, BLOCK_N: B * H * triton.cdiv(Nq, BLOCK_M),
+    _launch(_attn_bwd_dq_kernel, _DQ_TUNED, lambda BLOCK_M, BLOCK_N: B * H * cdiv(Nq, BLOCK_M),
             (q, k, v, dout, lse, delta, dq, mask, slopes, *qkv_strides, *dq.stride()[:3], *tail), meta)
     return [dq, dk, dv]

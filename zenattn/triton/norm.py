@@ -27,8 +27,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from zenattn.triton.common import (acc_dtype, autotuned, dropout_args, dropout_keep, round_bf16, round_to_bf16,
-                                   serialized_in_interpreter, stat_dtype, store_rounded)
+from zenattn.triton.common import (acc_dtype, autotuned, cdiv, dropout_args, dropout_keep, next_power_of_2, round_bf16,
+                                   round_to_bf16, serialized_in_interpreter, stat_dtype, store_rounded)
 
 MAX_HIDDEN = 65536      # one row must fit in one program's registers
 
@@ -182,7 +182,7 @@ def _as_rows(t: Tensor) -> Tensor:
 def _block_n(n: int) -> int:
     if n > MAX_HIDDEN:
         raise ValueError(f"zenattn triton norm: hidden size {n} is over the Triton kernels' limit {MAX_HIDDEN}")
-    return triton.next_power_of_2(max(n, 1))
+    return next_power_of_2(max(n, 1))
 
 
 def _warps(block_n: int) -> int:
@@ -252,7 +252,7 @@ def norm_bwd(dy: Tensor, dsum: Optional[Tensor], x: Tensor, weight: Optional[Ten
         args = (dy2, ds2, x2, w, mean.contiguous() if mean is not None else None, rstd.contiguous(),
                 dx, dres, dw_part, db_part,
                 dy2.stride(0), ds2.stride(0) if ds2 is not None else 0, x2.stride(0),
-                rows, n, triton.cdiv(rows, programs), eps, *dropout_args(seed, dropout_p))
+                rows, n, cdiv(rows, programs), eps, *dropout_args(seed, dropout_p))
         meta = dict(RMS=rms, HAS_DSUM=dsum is not None, HAS_DROPOUT=dropout_p > 0, HAS_DRES=has_dres,
                     HAS_W=weight is not None, HAS_DB=has_bias, ACC=acc_dtype(x.dtype),
                     BLOCK_N=_block_n(n), ROUND_BF16=round_bf16(x.dtype))
