@@ -65,9 +65,6 @@ at::Tensor like_q(const at::Tensor& q, int64_t x, const at::TensorOptions& opts)
   return as_like_q(q, at::empty(like_q_memory(q, x), opts));
 }
 
-// A pack's pointer for AttnParams: null for a pack this mode does not make.
-const void* data_or_null(const at::Tensor& t) { return t.defined() ? t.data_ptr() : nullptr; }
-
 AttnParams make_params(Products products, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                        const AttnOptions& opt, at::Tensor& mask_holder, at::Tensor& alibi_holder) {
   AttnParams p{};
@@ -138,76 +135,87 @@ void pack_into(Pack kind, const at::Tensor& x, at::Tensor& out) { ZENATTN_ISA_DI
 // buffer kept between calls, up to kKeptScratchBytes. Fresh buffers of that size come from malloc's
 // mmap or the top of its heap, which free hands back to the kernel, and the next call faults every
 // 4 KiB page in again: measured on the project's 2-core VM, 736 page faults per fp32 backward at
-// B=16 H=4 N=128 D=32 took 1.3 ms of its 3.1 ms. Above the cap (long sequences, where the products
-// dwarf the faults; the kept buffer is then let go) or while another thread holds the buffer, the
-// tensors are fresh. The cap covers the reference Transformer's presets (at most ~9 MiB a call).
+// B=16 H=4 N=128 D=32 took 1.3 ms of its 3.1 ms. A call over the cap (long sequences, where the
+// products dwarf the faults) lets the kept buffer go before it takes fresh tensors, so the two are
+// never held together; a call while another thread holds the buffer takes fresh tensors. The cap
+// covers the reference Transformer's presets (at most ~9 MiB a call).
 constexpr int64_t kKeptScratchBytes = int64_t(16) << 20;
 constexpr int64_t kScratchAlign = 64;
 
+struct ScratchSpec {
+  std::vector<int64_t> shape;
+  at::ScalarType dtype;
+};
+
 class Scratch {
  public:
-  Scratch() : lock_(state().mutex, std::try_to_lock) {}
+  // One contiguous tensor per spec, all of one call's scratch at once (so the buffer is sized
+  // once, before any of them exists): views of the kept buffer (grown to fit, the old one let go
+  // first) where they fit under the cap and no other call holds it; fresh tensors otherwise. They
+  // must not be used after this Scratch ends: the next call reuses the memory.
+  explicit Scratch(const std::vector<ScratchSpec>& specs) : lock_(state().mutex, std::defer_lock) {
+    std::vector<int64_t> offsets, numels;
+    int64_t total = 0;
+    for (const ScratchSpec& spec : specs) {
+      int64_t numel = 1;
+      for (int64_t s : spec.shape) numel *= s;
+      offsets.push_back(total), numels.push_back(numel);
+      total += (numel * int64_t(c10::elementSize(spec.dtype)) + kScratchAlign - 1) / kScratchAlign * kScratchAlign;
+    }
+    if (total > 0) lock_.try_lock();
+    const bool kept = lock_.owns_lock() && total <= kKeptScratchBytes;
+    at::Tensor& buf = state().buf;
+    if (lock_.owns_lock() && (!kept || (buf.defined() && buf.numel() < total))) buf = at::Tensor();
+    if (kept && !buf.defined()) buf = at::empty({total}, at::TensorOptions().dtype(at::kByte));
+    for (size_t i = 0; i < specs.size(); ++i) {
+      const ScratchSpec& spec = specs[i];
+      tensors_.push_back(kept ? buf.narrow(0, offsets[i], numels[i] * int64_t(c10::elementSize(spec.dtype)))
+                                    .view(spec.dtype)
+                                    .view(spec.shape)
+                              : at::empty(spec.shape, at::TensorOptions().dtype(spec.dtype)));
+    }
+  }
   Scratch(const Scratch&) = delete;
   Scratch& operator=(const Scratch&) = delete;
 
-  // A contiguous tensor from the kept buffer (fresh when it does not fit or is busy). It must not
-  // outlive this Scratch: the next call reuses the memory.
-  at::Tensor take(const std::vector<int64_t>& shape, at::ScalarType dtype) {
-    int64_t numel = 1;
-    for (int64_t s : shape) numel *= s;
-    const int64_t bytes = (numel * int64_t(c10::elementSize(dtype)) + kScratchAlign - 1) / kScratchAlign * kScratchAlign;
-    const int64_t offset = needed_;
-    needed_ += bytes;
-    if (lock_.owns_lock()) {
-      State& st = state();
-      // At a call's first tensor, grow the buffer to what the last call needed: allocated here
-      // rather than when that call ended, so it never coexists with that call's fresh tensors.
-      if (offset == 0 && st.wanted > 0 && (!st.buf.defined() || st.buf.numel() < st.wanted)) {
-        st.buf = at::Tensor();  // the old one goes before the new one comes
-        st.buf = at::empty({st.wanted}, at::TensorOptions().dtype(at::kByte));
-      }
-      if (st.buf.defined() && offset + bytes <= st.buf.numel()) {
-        return st.buf.narrow(0, offset, bytes).view(dtype).narrow(0, 0, numel).view(shape);
-      }
-      st.buf = at::Tensor();  // too small for this call: not held on top of its fresh tensors
-    }
-    return at::empty(shape, at::TensorOptions().dtype(dtype));
-  }
+  const at::Tensor& operator[](size_t i) const { return tensors_.at(i); }
+  // Lets tensor i go early (a fresh one is freed then: a lower peak for what the call does next).
+  void drop(size_t i) { tensors_.at(i).reset(); }
 
-  // The next call's buffer holds what this one needed, up to the cap.
-  ~Scratch() {
-    if (lock_.owns_lock()) state().wanted = needed_ <= kKeptScratchBytes ? needed_ : 0;
-  }
-
-  // Lets the kept buffer go (the next call starts from fresh tensors); for tests that measure a
-  // call's memory. Returns the bytes it held.
+  // Lets the kept buffer go (after any call that holds it); returns the bytes it held.
   static int64_t release() {
     std::lock_guard<std::mutex> guard(state().mutex);
     const int64_t held = state().buf.defined() ? state().buf.numel() : 0;
     state().buf = at::Tensor();
-    state().wanted = 0;
     return held;
   }
 
  private:
   struct State {
     std::mutex mutex;
-    at::Tensor buf;      // bytes
-    int64_t wanted = 0;  // what the last call that held the mutex needed (0: over the cap)
+    at::Tensor buf;  // bytes
   };
   static State& state() {
     static auto* st = new State();  // never freed: no tensor destructor runs at exit
     return *st;
   }
   std::unique_lock<std::mutex> lock_;
-  int64_t needed_ = 0;
+  std::vector<at::Tensor> tensors_;
 };
 
-// x packed into a tensor from the scratch.
-at::Tensor pack_in(Scratch& scratch, Pack kind, const at::Tensor& x) {
-  at::Tensor out = scratch.take(pack_shape(kind, x), pack_dtype(kind));
-  pack_into(kind, x, out);
-  return out;
+// The brgemm packs a launcher makes, as (kind, x): their scratch specs, and the packing itself into
+// scratch tensors [0, packs.size()).
+using Packs = std::vector<std::pair<Pack, at::Tensor>>;
+std::vector<ScratchSpec> pack_specs(const Packs& packs) {
+  std::vector<ScratchSpec> specs;
+  for (const auto& [kind, x] : packs) specs.push_back({pack_shape(kind, x), pack_dtype(kind)});
+  return specs;
+}
+void make_packs(const Packs& packs, const Scratch& scratch) {
+  for (size_t i = 0; i < packs.size(); ++i) {
+    at::Tensor out = scratch[i];
+    pack_into(packs[i].first, packs[i].second, out);
+  }
 }
 
 }  // namespace
@@ -225,16 +233,18 @@ std::vector<at::Tensor> attention_fwd(const at::Tensor& q_in, const at::Tensor& 
   const Products products = products_for(q_in, v_in);
   const at::ScalarType type = operand_type(products, q_in);
   const at::Tensor q = operand(q_in, type), k = operand(k_in, type), v = operand(v_in, type);
-  at::Tensor mask_holder, alibi_holder, kt_pack, v_pack;
+  at::Tensor mask_holder, alibi_holder;
   AttnParams p = make_params(products, q, k, v, opt, mask_holder, alibi_holder);
-  Scratch scratch;
+  Packs packs;  // K^T (bf16: in VNNI pairs), and bf16's V in pairs
   if (products == Products::brgemm_bf16) {
-    kt_pack = pack_in(scratch, Pack::pairs_t, k);
-    v_pack = pack_in(scratch, Pack::pairs, v);
+    packs = {{Pack::pairs_t, k}, {Pack::pairs, v}};
   } else if (products == Products::brgemm_f32) {
-    kt_pack = pack_in(scratch, Pack::transposed, k);
+    packs = {{Pack::transposed, k}};
   }
-  p.kt_pack = data_or_null(kt_pack), p.v_pack = data_or_null(v_pack);
+  Scratch scratch(pack_specs(packs));
+  make_packs(packs, scratch);
+  p.kt_pack = packs.size() > 0 ? scratch[0].data_ptr() : nullptr;
+  p.v_pack = packs.size() > 1 ? scratch[1].data_ptr() : nullptr;
   const auto opts = q.options().dtype(p.dtype);
   at::Tensor out = like_q(q_in, p.Dv, opts);
   at::Tensor lse = at::empty({p.B, p.Hq, p.Nq}, opts);
@@ -242,7 +252,7 @@ std::vector<at::Tensor> attention_fwd(const at::Tensor& q_in, const at::Tensor& 
   p.out_sb = out.stride(0), p.out_sh = out.stride(1), p.out_sn = row_stride(out);
   p.lse = lse.data_ptr();
   if (out.numel() > 0 || lse.numel() > 0) run_fwd(p);
-  kt_pack.reset(), v_pack.reset();
+  for (size_t i = 0; i < packs.size(); ++i) scratch.drop(i);
   // Half-precision inputs also get the output at the compute precision: the backward's
   // delta = rowsum(dO * O) from the rounded output would shift every dS of a row by up to one
   // rounding step of O (dq and dk errors many times torch's; found by tests/test_fuzz.py).
@@ -262,16 +272,33 @@ std::vector<at::Tensor> attention_bwd(const at::Tensor& dout_in, const at::Tenso
   const at::Tensor o = operand(out_in, p.dtype);
   const at::Tensor dlse = dlse_in.has_value() ? dlse_in->to(p.dtype).contiguous() : at::Tensor();
   const at::Tensor lse = lse_in.to(p.dtype).contiguous();
-  at::Tensor kt_pack, vt_pack, k_pack;
   const bool brgemm = products != Products::blas;
-  Scratch scratch;
+  Packs packs;  // K^T and V^T (bf16: in VNNI pairs), and bf16's K in pairs
   if (products == Products::brgemm_bf16) {
-    kt_pack = pack_in(scratch, Pack::pairs_t, k), vt_pack = pack_in(scratch, Pack::pairs_t, v);
-    k_pack = pack_in(scratch, Pack::pairs, k);
+    packs = {{Pack::pairs_t, k}, {Pack::pairs_t, v}, {Pack::pairs, k}};
   } else if (brgemm) {
-    kt_pack = pack_in(scratch, Pack::transposed, k), vt_pack = pack_in(scratch, Pack::transposed, v);
+    packs = {{Pack::transposed, k}, {Pack::transposed, v}};
   }
-  p.kt_pack = data_or_null(kt_pack), p.vt_pack = data_or_null(vt_pack), p.k_pack = data_or_null(k_pack);
+  // dK/dV per (q head, query chunk): a GQA group's heads and a head's chunks are summed below, in
+  // a fixed order. Without GQA and with one chunk they are dK/dV themselves. (brgemm modes: dK^T /
+  // dV^T, transposed back below, so from the scratch like the packs.)
+  p.q_chunks = attention_bwd_q_chunks(p);
+  const auto part_shape = [&](int64_t x) {
+    return brgemm ? std::vector<int64_t>{p.B, p.Hq * p.q_chunks, x, p.Nk}
+                  : std::vector<int64_t>{p.B, p.Hq * p.q_chunks, p.Nk, x};
+  };
+  std::vector<ScratchSpec> specs = pack_specs(packs);
+  const size_t parts_at = specs.size();
+  if (brgemm) specs.push_back({part_shape(p.D), p.dtype}), specs.push_back({part_shape(p.Dv), p.dtype});
+  // Half inputs: dq in the compute type, converted to q's type at the end, so from the scratch too.
+  const size_t dq_at = specs.size();
+  const bool dq_converted = q_in.scalar_type() != p.dtype;
+  if (dq_converted) specs.push_back({like_q_memory(q_in, p.D), p.dtype});
+  Scratch scratch(specs);
+  make_packs(packs, scratch);
+  p.kt_pack = packs.size() > 0 ? scratch[0].data_ptr() : nullptr;
+  p.vt_pack = packs.size() > 1 ? scratch[1].data_ptr() : nullptr;
+  p.k_pack = packs.size() > 2 ? scratch[2].data_ptr() : nullptr;
   p.lse = const_cast<void*>(lse.data_ptr());
   p.dout = dout.data_ptr();
   p.do_sb = dout.stride(0), p.do_sh = dout.stride(1), p.do_sn = row_stride(dout);
@@ -279,28 +306,15 @@ std::vector<at::Tensor> attention_bwd(const at::Tensor& dout_in, const at::Tenso
   p.dlse = dlse.defined() ? dlse.data_ptr() : nullptr;
   p.o_sb = o.stride(0), p.o_sh = o.stride(1), p.o_sn = row_stride(o);
   const auto opts = q.options().dtype(p.dtype);
-  // (a temporary from the scratch where it is converted to q's type at the end)
-  at::Tensor dq = q_in.scalar_type() == p.dtype ? like_q(q_in, p.D, opts)
-                                                : as_like_q(q_in, scratch.take(like_q_memory(q_in, p.D), p.dtype));
-  // dK/dV per (q head, query chunk): a GQA group's heads and a head's chunks are summed below, in
-  // a fixed order. Without GQA and with one chunk they are dK/dV themselves.
-  p.q_chunks = attention_bwd_q_chunks(p);
-  // (brgemm modes: dK^T / dV^T, transposed back below)
-  const auto part_shape = [&](int64_t x) {
-    return brgemm ? std::vector<int64_t>{p.B, p.Hq * p.q_chunks, x, p.Nk}
-                  : std::vector<int64_t>{p.B, p.Hq * p.q_chunks, p.Nk, x};
-  };
-  // (brgemm modes: from the scratch, as they are always copied into fresh dK / dV below)
-  const auto new_parts = [&](int64_t x) {
-    return brgemm ? scratch.take(part_shape(x), p.dtype) : at::empty(part_shape(x), opts);
-  };
-  at::Tensor dk_parts = new_parts(p.D), dv_parts = new_parts(p.Dv);
+  const at::Tensor dq = dq_converted ? as_like_q(q_in, scratch[dq_at]) : like_q(q_in, p.D, opts);
+  const at::Tensor dk_parts = brgemm ? scratch[parts_at] : at::empty(part_shape(p.D), opts);
+  const at::Tensor dv_parts = brgemm ? scratch[parts_at + 1] : at::empty(part_shape(p.Dv), opts);
   p.dq = dq.data_ptr();
   p.dq_sb = dq.stride(0), p.dq_sh = dq.stride(1), p.dq_sn = row_stride(dq);
   p.dk_parts = dk_parts.data_ptr();
   p.dv_parts = dv_parts.data_ptr();
   if (p.B * p.Hq > 0) run_bwd(p);
-  kt_pack.reset(), vt_pack.reset(), k_pack.reset();  // before the copies below: a lower peak
+  for (size_t i = 0; i < packs.size(); ++i) scratch.drop(i);  // before the copies below: a lower peak
   at::Tensor dk = dk_parts, dv = dv_parts;
   if (p.Hq * p.q_chunks != p.Hkv) {
     const int64_t parts = p.Hq * p.q_chunks / std::max<int64_t>(p.Hkv, 1);
