@@ -33,12 +33,12 @@ SEQ_LENS = [
     1,     # a single query and key
     2,     # smallest non-trivial softmax
     17,    # odd, shorter than one vector-width multiple of rows
-    113,   # prime: partial second block of 64 queries
-    127,   # one short of a backward key block
-    128,   # exactly two query blocks, one backward key block
-    129,   # one past a backward key block (128): a 1-key tail tile
+    113,   # prime: a partial last query block (32 queries per block under causal masking here)
+    127,   # one short of a power of two: partial blocks everywhere
+    128,   # exactly four causal query blocks of 32
+    129,   # one past: a 1-query tail block
     1023,  # just under a power of two; two forward key blocks of 512, the second partial
-    1025,  # just over: a one-key third forward block
+    1025,  # just over: a one-key third forward block, 64-query causal blocks (over 512 keys)
 ]
 
 
