@@ -154,13 +154,13 @@ class Scratch {
   // first) where they fit under the cap and no other call holds it; fresh tensors otherwise. They
   // must not be used after this Scratch ends: the next call reuses the memory.
   explicit Scratch(const std::vector<ScratchSpec>& specs) : lock_(state().mutex, std::defer_lock) {
-    std::vector<int64_t> offsets, numels;
+    std::vector<int64_t> offsets, bytes;
     int64_t total = 0;
     for (const ScratchSpec& spec : specs) {
       int64_t numel = 1;
       for (int64_t s : spec.shape) numel *= s;
-      offsets.push_back(total), numels.push_back(numel);
-      total += (numel * int64_t(c10::elementSize(spec.dtype)) + kScratchAlign - 1) / kScratchAlign * kScratchAlign;
+      offsets.push_back(total), bytes.push_back(numel * int64_t(c10::elementSize(spec.dtype)));
+      total += (bytes.back() + kScratchAlign - 1) / kScratchAlign * kScratchAlign;
     }
     if (total > 0) lock_.try_lock();
     const bool kept = lock_.owns_lock() && total <= kKeptScratchBytes;
@@ -169,9 +169,7 @@ class Scratch {
     if (kept && !buf.defined()) buf = at::empty({total}, at::TensorOptions().dtype(at::kByte));
     for (size_t i = 0; i < specs.size(); ++i) {
       const ScratchSpec& spec = specs[i];
-      tensors_.push_back(kept ? buf.narrow(0, offsets[i], numels[i] * int64_t(c10::elementSize(spec.dtype)))
-                                    .view(spec.dtype)
-                                    .view(spec.shape)
+      tensors_.push_back(kept ? buf.narrow(0, offsets[i], bytes[i]).view(spec.dtype).view(spec.shape)
                               : at::empty(spec.shape, at::TensorOptions().dtype(spec.dtype)));
     }
   }
@@ -289,7 +287,10 @@ std::vector<at::Tensor> attention_bwd(const at::Tensor& dout_in, const at::Tenso
   };
   std::vector<ScratchSpec> specs = pack_specs(packs);
   const size_t parts_at = specs.size();
-  if (brgemm) specs.push_back({part_shape(p.D), p.dtype}), specs.push_back({part_shape(p.Dv), p.dtype});
+  if (brgemm) {
+    specs.push_back({part_shape(p.D), p.dtype});
+    specs.push_back({part_shape(p.Dv), p.dtype});
+  }
   // Half inputs: dq in the compute type, converted to q's type at the end, so from the scratch too.
   const size_t dq_at = specs.size();
   const bool dq_converted = q_in.scalar_type() != p.dtype;
