@@ -10,6 +10,7 @@
 #include "cpu/blas.h"
 #include "cpu/isa.h"
 #include "cpu/norm.h"
+#include "cpu/rotary.h"
 #ifdef ZENATTN_WITH_CUDA
 #include "cuda/attention.h"
 #include "cuda/norm.h"
@@ -111,6 +112,27 @@ std::vector<at::Tensor> norm_bwd(const at::Tensor& dy, const std::optional<at::T
                                 has_residual);
 }
 
+
+// ---- rotary embedding --------------------------------------------------------------------------
+
+constexpr const char* kRotaryOp = "zenattn cpu rotary";
+
+// x (B, H, L, D) with D even; cos and sin (L, D), floating, on the CPU.
+at::Tensor rotary(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin, bool backward) {
+  check_cpu_float(x, "input", kRotaryOp);
+  check_cpu_float(cos, "cos", kRotaryOp);
+  check_cpu_float(sin, "sin", kRotaryOp);
+  TORCH_CHECK(x.dim() == 4, kRotaryOp, ": input must be 4-D (batch, heads, seq, head_dim), got shape ", shape_str(x));
+  TORCH_CHECK(x.size(3) % 2 == 0, kRotaryOp, ": head_dim must be even (its halves are rotated as pairs), got ",
+              x.size(3));
+  auto check_table = [&](const at::Tensor& t, const char* name) {
+    TORCH_CHECK(t.dim() == 2 && t.size(0) == x.size(2) && t.size(1) == x.size(3), kRotaryOp, ": ", name,
+                " must have shape (seq, head_dim) = (", x.size(2), ", ", x.size(3), "), got ", shape_str(t));
+  };
+  check_table(cos, "cos");
+  check_table(sin, "sin");
+  return zenattn::cpu::rotary(x, cos, sin, backward);
+}
 
 // ---- attention -------------------------------------------------------------------------------
 
@@ -238,6 +260,7 @@ py::dict build_info() {
   d["cpu_blas"] = zenattn::cpu::blas::backend_name();
   d["cpu_bf16_gemm"] = zenattn::cpu::blas::bf16_available();
   d["cpu_f32_brgemm"] = zenattn::cpu::blas::f32_brgemm_available();
+  d["cpu_f32_brgemm_where"] = zenattn::cpu::attention_f32_brgemm_rule();
   return d;
 }
 
@@ -325,6 +348,9 @@ PYBIND11_MODULE(_C, m) {
         py::arg("out"), py::arg("lse"), py::arg("dlse"), py::arg("attn_mask"), py::arg("alibi_slopes"), py::arg("seed"),
         py::arg("scale"), py::arg("softcap"), py::arg("window_left"), py::arg("window_right"),
         py::arg("bottom_right"), py::arg("dropout_p"), "Flash attention backward: returns [dq, dk, dv]");
+  m.def("rotary", &rotary, py::arg("x"), py::arg("cos"), py::arg("sin"), py::arg("backward"),
+        "Rotary embedding of x (B, H, L, D) by cos/sin (L, D), rotate-half layout; backward=True applies the "
+        "transpose (the gradient's map)");
   m.def("attention_dropout_keep", &zenattn::cpu::attention_dropout_keep, py::arg("seed"), py::arg("B"),
         py::arg("H"), py::arg("Nq"), py::arg("Nk"), py::arg("p"),
         "The bool (B, H, Nq, Nk) dropout keep mask the attention kernels draw for this seed and p");

@@ -15,10 +15,10 @@ import torch.nn.functional as F
 
 import zenattn
 from zenattn.functional.attention import draw_seed
-from zenattn.reference import attention_ref, dropout_keep_ref
+from zenattn.reference import attention_ref, dropout_keep_ref, rotary_ref
 
 from parity import (KERNELS, FWD_FACTOR, GRAD_FACTOR, assert_within_rule, exact_dtype, exact_tol, interpreted,
-                    run_under_isa, skip_if_declined)
+                    cpu_runs_isa, run_under_isa, skip_if_declined)
 
 
 
@@ -576,6 +576,36 @@ def test_every_cpu_isa_build_and_gemm_path(isa, blas):
     """)
     env = dict(ZENATTN_CPU_BLAS="aten", ZENATTN_CPU_BRGEMM="0") if blas == "aten" else {}
     assert run_under_isa(code, isa, **env) == [blas]
+
+
+def test_isa_request_beyond_the_cpu_runs_what_it_has(tmp_path):
+    """ATEN_CPU_CAPABILITY=avx512 on a CPU without AVX-512: at::get_cpu_capability() then says
+    AVX512 anyway, and zenattn's AVX512 kernels would die of an illegal instruction. zenattn caps the
+    request at what the CPU runs (csrc/cpu/isa.cpp): its AVX2 kernels run. The child process calls
+    only zenattn's kernels (torch's own AVX512 kernels, pow or tanh_backward, die there) and saves
+    the results, which this process checks against the references."""
+    if cpu_runs_isa("avx512") or not cpu_runs_isa("avx2"):
+        pytest.skip("needs an x86-64 CPU with AVX2 and without AVX-512, where the request exceeds the CPU")
+    path = tmp_path / "results.pt"
+    code = textwrap.dedent(f"""
+        import torch, zenattn
+        torch.manual_seed(0)
+        q, k, v = (torch.randn(1, 2, 70, 16) for _ in range(3))
+        x, cos, sin = torch.randn(4, 100), torch.randn(70, 16), torch.randn(70, 16)
+        out = zenattn.attention(q, k, v, causal=True, backend="cpu")
+        y = zenattn.layer_norm(x, (100,), backend="cpu")
+        z = zenattn.apply_rotary(q, cos, sin, backend="cpu")
+        torch.save([q, k, v, x, cos, sin, out, y, z], {str(path)!r})
+        print(zenattn.info()["extension"]["cpu_isa"], "ok")
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, ATEN_CPU_CAPABILITY="avx512"))
+    assert proc.returncode == 0, (proc.returncode, proc.stderr[-3000:])
+    assert proc.stdout.split() == ["AVX2", "ok"]
+    q, k, v, x, cos, sin, out, y, z = torch.load(path)
+    torch.testing.assert_close(out, attention_ref(q, k, v, causal=True), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(y, torch.nn.functional.layer_norm(x, (100,)), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(z, rotary_ref(q, cos, sin), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("isa", ["default", "avx2", "avx512"])

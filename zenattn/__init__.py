@@ -4,6 +4,7 @@
     y = zenattn.layer_norm(x, (hidden,), weight, bias)
     o = zenattn.scaled_dot_product_attention(q, k, v, is_causal=True)   # drop-in for torch's
     o = zenattn.attention(q, k, v, causal=True, window=(256, 0))        # masks as parameters
+    q = zenattn.apply_rotary(q, cos, sin)                              # rotary embedding, one pass
     ln = zenattn.nn.LayerNorm(hidden)          # drop-in for torch.nn.LayerNorm
     print(zenattn.patch(model))                # swap a model's norms and attention in place
     print(zenattn.info())                      # what is built and usable here
@@ -22,11 +23,11 @@ from zenattn.version import __version__
 from zenattn import backends, reference
 from zenattn import ops  # noqa: F401  (registers the zenattn:: torch.library ops)
 from zenattn.backends import BackendUnavailableError
-from zenattn.functional import attention, layer_norm, rms_norm, scaled_dot_product_attention
+from zenattn.functional import apply_rotary, attention, layer_norm, rms_norm, scaled_dot_product_attention
 from zenattn import nn  # noqa: E402
 from zenattn.patch import PatchReport, patch, unpatch  # noqa: E402
 
-__all__ = ["__version__", "attention", "scaled_dot_product_attention", "layer_norm", "rms_norm", "nn", "info", "explain", "reference",
+__all__ = ["__version__", "attention", "scaled_dot_product_attention", "layer_norm", "rms_norm", "apply_rotary", "nn", "info", "explain", "reference",
            "backends", "BackendUnavailableError", "patch", "unpatch", "PatchReport", "empty_cache"]
 
 

@@ -248,3 +248,18 @@ def attention_ref(
         p = p * dropout_keep / (1.0 - dropout_p)
     out = torch.matmul(p, v).to(dtype)                                     # (B, H, Nq, Dv)
     return (out, lse) if return_lse else out
+
+
+def rotary_ref(x: Tensor, cos: Tensor, sin: Tensor, *, backward: bool = False) -> Tensor:
+    """Rotary position embedding (RoFormer, Su et al. 2021) in the rotate-half layout (GPT-NeoX /
+    LLaMA): ``x (..., L, D)`` with ``cos``, ``sin`` ``(L, D)``, D even; the first half of each vector
+    pairs with the second, ``x * cos + rotate_half(x) * sin`` with ``rotate_half(x) = [-x2, x1]``.
+
+    ``backward=True`` applies the transpose of that linear map, which is the gradient of the forward
+    with respect to ``x``: ``g * cos + rotate_half^T(g * sin)`` with ``rotate_half^T(y) = [y2, -y1]``
+    (the inverse rotation when each half of cos/sin repeats the same angles)."""
+    half = x.shape[-1] // 2
+    if backward:
+        gs = x * sin
+        return x * cos + torch.cat([gs[..., half:], -gs[..., :half]], dim=-1)
+    return x * cos + torch.cat([-x[..., half:], x[..., :half]], dim=-1) * sin

@@ -28,11 +28,22 @@ at::ScalarType compute_type(at::ScalarType t) { return t == at::kDouble ? at::kD
 // (VNNI pairs along them); bfloat16 inputs that cannot have it, like float16, are converted to fp32
 // once (O(N * D)) and take the fp32 products.
 constexpr int64_t kBrgemmMinQueries = 64;
-Products products_for(const at::Tensor& q, const at::Tensor& v) {
+// fp32 brgemm against sgemm_ depends on the instruction set oneDNN's kernels have. Measured
+// kernel-only, forward / forward+backward, best of three (2026-12-07): on the AVX512 VM (Intel)
+// brgemm ran 1.13-1.18x sgemm_'s rate at every tile shape; on the AVX2 VM (AMD EPYC, 512 KiB L2
+// a core) brgemm was faster only on small tiles, up to 512 keys with head dims up to 64 (D 32,
+// N 128/256: the time 0.71-0.84x / 0.88-0.90x sgemm_'s; N 512 D 64: 0.89x / 0.98x), and slower
+// from there (N 512 D 128 causal 1.21x / 1.15x; N 1024-2048, D 64-128: 1.17-1.47x / 1.30-1.52x).
+constexpr int64_t kF32BrgemmMaxKeysAvx2 = 512, kF32BrgemmMaxDimAvx2 = 64;
+bool f32_brgemm_pays(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
+  if (blas::f32_brgemm_forced() || runtime_isa() == Isa::AVX512) return true;
+  return k.size(2) <= kF32BrgemmMaxKeysAvx2 && std::max(q.size(3), v.size(3)) <= kF32BrgemmMaxDimAvx2;
+}
+Products products_for(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
   if (q.scalar_type() == at::kDouble || q.size(2) < kBrgemmMinQueries) return Products::blas;
   if (q.scalar_type() == at::kBFloat16 && q.size(3) % 2 == 0 && v.size(3) % 2 == 0 && blas::bf16_available())
     return Products::brgemm_bf16;
-  return blas::f32_brgemm_available() ? Products::brgemm_f32 : Products::blas;
+  return blas::f32_brgemm_available() && f32_brgemm_pays(q, k, v) ? Products::brgemm_f32 : Products::blas;
 }
 
 // The type the kernels read q, k, v and dout as.
@@ -218,6 +229,12 @@ void make_packs(const Packs& packs, const Scratch& scratch) {
 
 }  // namespace
 
+const char* attention_f32_brgemm_rule() {
+  if (!blas::f32_brgemm_available()) return "never";
+  if (blas::f32_brgemm_forced() || runtime_isa() == Isa::AVX512) return "from 64 queries";
+  return "from 64 queries, up to 512 keys, head dims up to 64";
+}
+
 int64_t release_attention_scratch() { return Scratch::release(); }
 
 at::Tensor pack_operand(Pack kind, const at::Tensor& x) {
@@ -228,7 +245,7 @@ at::Tensor pack_operand(Pack kind, const at::Tensor& x) {
 
 std::vector<at::Tensor> attention_fwd(const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in,
                                       const AttnOptions& opt) {
-  const Products products = products_for(q_in, v_in);
+  const Products products = products_for(q_in, k_in, v_in);
   const at::ScalarType type = operand_type(products, q_in);
   const at::Tensor q = operand(q_in, type), k = operand(k_in, type), v = operand(v_in, type);
   at::Tensor mask_holder, alibi_holder;
@@ -261,7 +278,7 @@ std::vector<at::Tensor> attention_fwd(const at::Tensor& q_in, const at::Tensor& 
 std::vector<at::Tensor> attention_bwd(const at::Tensor& dout_in, const at::Tensor& q_in, const at::Tensor& k_in,
                                       const at::Tensor& v_in, const at::Tensor& out_in, const at::Tensor& lse_in,
                                       const std::optional<at::Tensor>& dlse_in, const AttnOptions& opt) {
-  const Products products = products_for(q_in, v_in);
+  const Products products = products_for(q_in, k_in, v_in);
   const at::ScalarType type = operand_type(products, q_in);
   const at::Tensor q = operand(q_in, type), k = operand(k_in, type), v = operand(v_in, type);
   const at::Tensor dout = operand(dout_in, type);

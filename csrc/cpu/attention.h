@@ -142,6 +142,10 @@ at::Tensor pack_operand(Pack kind, const at::Tensor& x);
 // returns the bytes it held. For tests that measure one call's memory.
 int64_t release_attention_scratch();
 
+// Where the launchers take fp32 brgemm tile products rather than sgemm_ on this machine, in words
+// (for zenattn.info(); the rule is f32_brgemm_pays in csrc/cpu/attention.cpp).
+const char* attention_f32_brgemm_rule();
+
 // Options shared by the forward and the backward launcher.
 struct AttnOptions {
   double scale;

@@ -100,12 +100,15 @@ void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, double alpha, const
 
 namespace {
 
-// ZENATTN_CPU_BRGEMM=0 keeps every product on sgemm_ (tests compare the two paths with it).
+// ZENATTN_CPU_BRGEMM: "0" keeps every product on sgemm_ (tests compare the two paths with it),
+// "1" takes fp32 brgemm wherever the launchers could (f32_brgemm_forced), unset or anything else
+// leaves the choice to them.
+const char* brgemm_env() {
+  static const char* v = std::getenv("ZENATTN_CPU_BRGEMM");
+  return v;
+}
 bool brgemm_enabled() {
-  static const bool enabled = [] {
-    const char* v = std::getenv("ZENATTN_CPU_BRGEMM");
-    return !(v != nullptr && std::string(v) == "0");
-  }();
+  static const bool enabled = !(brgemm_env() != nullptr && std::string(brgemm_env()) == "0");
   return enabled;
 }
 
@@ -119,6 +122,11 @@ bool empty_product(int64_t m, int64_t n, int64_t k, bool accumulate, float* c, i
 }
 
 }  // namespace
+
+bool f32_brgemm_forced() {
+  static const bool forced = brgemm_env() != nullptr && std::string(brgemm_env()) == "1";
+  return forced;
+}
 
 #ifdef CPUBLAS_BRGEMM_F32F32F32
 bool f32_brgemm_available() { return brgemm_enabled(); }

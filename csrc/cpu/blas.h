@@ -31,6 +31,9 @@ const char* backend_name();
 // with oneDNN switched off, it is an sgemm); f32_brgemm_available() says whether it is brgemm:
 // this torch has the API and ZENATTN_CPU_BRGEMM is not 0.
 bool f32_brgemm_available();
+// ZENATTN_CPU_BRGEMM=1: the launchers take fp32 brgemm wherever it is available, not only where
+// it was measured faster than sgemm_ on this instruction set (csrc/cpu/attention.cpp).
+bool f32_brgemm_forced();
 void brgemm(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b, int64_t ldb,
             bool accumulate, float* c, int64_t ldc);
 

@@ -6,7 +6,8 @@ namespace zenattn::cpu {
 
 enum class Isa { DEFAULT, AVX2, AVX512 };
 
-// Follows at::get_cpu_capability(), which honours ATEN_CPU_CAPABILITY=default|avx2|avx512.
+// Follows at::get_cpu_capability(), which honours ATEN_CPU_CAPABILITY=default|avx2|avx512, capped at
+// what this CPU runs (an AVX512 request on an AVX2-only CPU runs the AVX2 kernels).
 Isa runtime_isa();
 
 // "DEFAULT", "AVX2" or "AVX512".

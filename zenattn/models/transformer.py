@@ -17,7 +17,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 import zenattn
-from zenattn.nn.attention import apply_rotary, module_attention, rotary_cos_sin
+from zenattn.nn.attention import module_attention, rotary_cos_sin
+from zenattn.reference import rotary_ref
 
 VARIANTS = ("decoder", "encoder", "encoder-decoder")
 
@@ -122,8 +123,7 @@ class Attention(torch.nn.Module):
         else:
             k, v = self.kv_proj(source).view(B, source.shape[1], 2, Hk, D).permute(2, 0, 3, 1, 4)  # 2 x (B, Hk, S, D)
             if cfg.positions == "rotary" and not self.cross:  # cross-attention: two sequences, no rotation
-                cos, sin = rotary_cos_sin(positions, D, dtype=q.dtype)             # (L, D)
-                q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+                q, k = rotate(cfg, q, k, positions)                                # (B, H, L, D), (B, Hk, L, D)
             if cache is not None:
                 k, v = cache.append(k, v)                                          # (B, Hk, S_total, D)
         mask = None if key_padding_mask is None else ~key_padding_mask[:, None, None, :]  # (B, 1, 1, S): may attend
@@ -134,6 +134,18 @@ class Attention(torch.nn.Module):
         else:
             out = _torch_attention(q, k, v, mask, causal, dropout_p)
         return self.out_proj(out.transpose(1, 2).reshape(B, L, H * D))             # (B, L, E)
+
+
+def rotate(cfg: TransformerConfig, q: Tensor, k: Tensor, positions: Tensor) -> tuple[Tensor, Tensor]:
+    """q and k rotated by their positions: zenattn's fused kernel (one pass each way, angles in
+    float32), or for the torch twin the same formula in eager torch ops with the angles in q's dtype
+    (zenattn.reference.rotary_ref, as models written on torch do it)."""
+    if cfg.attn == "zenattn":
+        cos, sin = rotary_cos_sin(positions, q.shape[-1], dtype=torch.float64 if q.dtype == torch.float64
+                                  else torch.float32)                              # (L, D)
+        return zenattn.apply_rotary(q, cos, sin), zenattn.apply_rotary(k, cos, sin)
+    cos, sin = rotary_cos_sin(positions, q.shape[-1], dtype=q.dtype)                 # (L, D)
+    return rotary_ref(q, cos, sin), rotary_ref(k, cos, sin)
 
 
 def _torch_attention(q: Tensor, k: Tensor, v: Tensor, mask: Optional[Tensor], causal: bool,

@@ -13,7 +13,9 @@ import torch
 import torch.nn.functional as torch_F
 from torch import Tensor
 
+from zenattn import backends
 from zenattn.functional.attention import _attention, draw_seed, attention_probs
+from zenattn.functional.rotary import apply_rotary
 from zenattn.nn.normalization import RMSNorm
 
 # ---- recording attention maps --------------------------------------------------------------------
@@ -242,14 +244,6 @@ def rotary_cos_sin(positions: Tensor, dim: int, base: float = 10000.0, dtype: to
     return angles.cos().to(dtype), angles.sin().to(dtype)
 
 
-def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """Rotate ``x (..., L, dim)`` by the angles of :func:`rotary_cos_sin`: the first half of each
-    vector pairs with the second, ``x * cos + rotate_half(x) * sin``."""
-    half = x.shape[-1] // 2
-    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
-    return x * cos + rotated * sin
-
-
 class SelfAttention(torch.nn.Module):
     """Multi-head self-attention for new models: one fused QKV projection, GQA/MQA, optional rotary
     embedding and QK-norm, zenattn's masks as parameters.
@@ -304,8 +298,10 @@ class SelfAttention(torch.nn.Module):
             q, k = self.q_norm(q), self.k_norm(k)
         if self.rotary:
             pos = positions if positions is not None else torch.arange(L, device=x.device)
-            cos, sin = rotary_cos_sin(pos, hd, self.rotary_base, q.dtype)  # (L, hd)
-            q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+            cos, sin = rotary_cos_sin(pos, hd, self.rotary_base, torch.float64 if q.dtype == torch.float64
+                                      else torch.float32)                   # (L, hd)
+            rotary_backend = self.backend if backends.has_kernel(self.backend or "torch", "rotary") else None
+            q, k = apply_rotary(q, cos, sin, backend=rotary_backend), apply_rotary(k, cos, sin, backend=rotary_backend)
         mask = attn_mask
         if key_padding_mask is not None:
             if key_padding_mask.shape != (B, L) or key_padding_mask.dtype != torch.bool:

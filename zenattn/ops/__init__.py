@@ -5,3 +5,4 @@ Importing this package registers every op; see each module's docstring for the s
 
 from zenattn.ops import norm  # noqa: F401  (registers zenattn::layer_norm_* and rms_norm_*)
 from zenattn.ops import attention  # noqa: F401  (registers zenattn::attention_fwd and attention_bwd)
+from zenattn.ops import rotary  # noqa: F401  (registers zenattn::rotary)
