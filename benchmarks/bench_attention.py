@@ -47,7 +47,6 @@ import argparse
 import datetime as dt
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -62,6 +61,7 @@ import torch.nn.functional as F
 from bench_norm import ATOL_FLOOR, DTYPES, RESULTS, measure
 
 import zenattn
+from zenattn.bench import cpu_name
 from zenattn.bench.measure import summarize, time_side_by_side
 
 B, H = 1, 8
@@ -345,7 +345,7 @@ def main() -> int:
     ext_mtime = ext_file.stat().st_mtime
     meta = {
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "device": f"{platform.processor() or platform.machine()} ({os.cpu_count()} cores)",
+        "device": cpu_name(),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "zenattn": zenattn.__version__,

@@ -20,13 +20,12 @@ import argparse
 import dataclasses
 import datetime
 import json
-import platform
 from pathlib import Path
 
 import torch
 
 import zenattn
-from zenattn.bench import measure
+from zenattn.bench import cpu_name, measure
 from zenattn.bench.runner import training_step
 from zenattn.models.transformer import Transformer, TransformerConfig, flops_per_token
 
@@ -97,7 +96,7 @@ def main() -> None:
     parser.add_argument("--tag", default="")
     args = parser.parse_args()
     device = torch.device(args.device)
-    meta = dict(device=torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or "cpu",
+    meta = dict(device=torch.cuda.get_device_name() if device.type == "cuda" else cpu_name(),
                 date=datetime.date.today().isoformat(), torch=torch.__version__, zenattn=zenattn.__version__,
                 threads=torch.get_num_threads())
     rows = []

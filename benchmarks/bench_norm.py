@@ -20,7 +20,6 @@ import argparse
 import datetime as dt
 import json
 import os
-import platform
 import sys
 from pathlib import Path
 
@@ -29,6 +28,7 @@ import torch.nn.functional as F
 
 import zenattn
 # Providers take turns in shuffled blocks of 5 calls (zenattn.bench.measure).
+from zenattn.bench import cpu_name
 from zenattn.bench.measure import time_side_by_side
 
 RESULTS = Path(__file__).resolve().parent.parent / "bench-out"  # committed runs go to benchmarks/results/
@@ -114,7 +114,7 @@ def main() -> int:
     meta = {
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "device": torch.cuda.get_device_name() if device.type == "cuda" else
-        f"{platform.processor() or platform.machine()} ({os.cpu_count()} cores)",
+        cpu_name(),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "zenattn": zenattn.__version__,

@@ -114,8 +114,8 @@ def norm_targets() -> str:
     return "\n".join(out)
 
 
-def attention_targets() -> str:
-    runs = _runs("attention-cpu")
+def attention_targets(kind: str = "attention-cpu") -> str:
+    runs = _runs(kind)
     cols = [(1024, 64), (1024, 128), (4096, 64), (4096, 128)]
     index = [{(r["mode"], r["dtype"], r["causal"], r["n"], r["d"]): r for r in d["results"]} for _, d in runs]
     first = runs[0][1]
@@ -134,8 +134,8 @@ def attention_targets() -> str:
     return "\n".join(out)
 
 
-def attention_memory() -> str:
-    runs = [(k, d) for k, d in _runs("attention-cpu") if d.get("memory")]
+def attention_memory(kind: str = "attention-cpu") -> str:
+    runs = [(k, d) for k, d in _runs(kind) if d.get("memory")]
     letters = " / ".join(k for k, _ in runs)
     out = ["Peak memory of one fp32 forward+backward (B=1, H=8, D=64, non-causal; fresh subprocess, peak RSS "
            "minus the RSS with the inputs allocated; includes the outputs o, dq, dk, dv). Cell: run "
@@ -154,8 +154,8 @@ def attention_memory() -> str:
     return "\n".join(out)
 
 
-def model_targets() -> str:
-    runs = _runs("model-cpu")
+def model_targets(kind: str = "model-cpu") -> str:
+    runs = _runs(kind)
     targets = {"fp32": 1.1, "bf16": 1.5}
     first = runs[0][1]
     letters = " / ".join(k for k, _ in runs)
@@ -171,8 +171,13 @@ def model_targets() -> str:
     return "\n".join(out)
 
 
+# Runs on the AVX2-only VM (AMD EPYC, no AVX-512, no bf16 instructions) are kept apart from the
+# AVX-512 VM's: "<kind>-avx2-<date>-run-<letter>" files, their own tables.
 BLOCKS = {"harness": harness, "norm-targets": norm_targets, "attention-targets": attention_targets,
-          "attention-memory": attention_memory, "model-targets": model_targets}
+          "attention-memory": attention_memory, "model-targets": model_targets,
+          "attention-targets-avx2": lambda: attention_targets("attention-cpu-avx2"),
+          "attention-memory-avx2": lambda: attention_memory("attention-cpu-avx2"),
+          "model-targets-avx2": lambda: model_targets("model-cpu-avx2")}
 
 
 def render(readme: str) -> str:

@@ -35,13 +35,16 @@ CASES = [
     # the widest autotuning configuration, without the dropout
     ("layer_norm fwd fp16 hidden 1024 sm80 32 warps", "norm_fwd", "fp16", 1024, False, 80, dict(num_warps=32)),
     ("layer_norm bwd fp16 hidden 1024 sm80 32 warps", "norm_bwd", "fp16", 1024, False, 80, dict(num_warps=32)),
+    # rotary: "every feature on" is the backward (the transpose)
+    ("rotary fwd bf16 D128 sm90", "rotary", "bf16", 128, False, 90, None),
+    ("rotary bwd fp32 D256 sm80", "rotary", "fp32", 256, True, 80, None),
 ]
 
 # Shared memory a block may use after opting in (CUDA programming guide, compute capabilities).
 SMEM_LIMIT = {80: 163 * 1024, 90: 227 * 1024}
 FLOAT_ARGS = {"scale", "softcap", "keep_scale", "eps", "drop_scale"}
 INT64_ARGS = {"seed"}
-INT_ARGS_UPPER = {"H", "G", "D", "DV", "N", "TUNE_N"}  # upper-case names that are not pointers
+INT_ARGS_UPPER = {"H", "G", "D", "DV", "N", "TUNE_N", "L", "HALF"}  # upper-case names that are not pointers
 
 
 def compile_kernel(fn, pointers: dict, constexprs: dict, arch: int, **options):
@@ -72,7 +75,7 @@ def compile_kernel(fn, pointers: dict, constexprs: dict, arch: int, **options):
 def compile_case(kernel: str, dtype: str, size: int, features: bool, arch: int, config):
     import triton.language as tl  # noqa: PLC0415
 
-    from zenattn.triton import attention, norm  # noqa: PLC0415
+    from zenattn.triton import attention, norm, rotary  # noqa: PLC0415
 
     t = f"*{dtype}"
     stat = "*fp64" if dtype == "fp64" else "*fp32"
@@ -80,6 +83,11 @@ def compile_case(kernel: str, dtype: str, size: int, features: bool, arch: int, 
     if kernel == "bwd_preprocess":
         return compile_kernel(attention._attn_bwd_preprocess_kernel, dict(O=t, DO=t, DLSE=stat, DELTA=stat),
                               dict(BLOCK_R=32, BLOCK_DV=size, HAS_DLSE=features, ACC=acc), arch, num_warps=4)
+    if kernel == "rotary":
+        block_half = size // 2
+        return compile_kernel(rotary._rotary_kernel, dict(X=t, Y=t, COS=stat, SIN=stat),
+                              dict(ACC=acc, BACKWARD=features, ROUND_BF16=False, BLOCK_HALF=block_half,
+                                   BLOCK_L=rotary.BLOCK_ELEMENTS // (2 * block_half)), arch, num_warps=4)
     if kernel.startswith("norm"):
         const = dict(RMS=False, HAS_W=True, ACC=acc, BLOCK_N=size, ROUND_BF16=False)
         if kernel == "norm_fwd":

@@ -58,6 +58,6 @@ backends.refresh()  # probe every backend now, so code traced by torch.compile o
 
 
 def explain(op: str, *tensors: Optional[torch.Tensor], backend: Optional[str] = None) -> str:
-    """Which backend would run ``op`` (``"attention"``, ``"layer_norm"``, ``"rms_norm"``) on these
+    """Which backend would run ``op`` (``"attention"``, ``"layer_norm"``, ``"rms_norm"``, ``"rotary"``) on these
     tensors, and why."""
     return f"zenattn {op}: " + backends.select(op, *tensors, backend=backend).describe()

@@ -36,12 +36,24 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def cpu_name() -> str:
+    """This CPU's model name (from /proc/cpuinfo on Linux; else the machine type) and core count:
+    results from different CPUs of the same architecture must not read alike."""
+    model = None
+    try:
+        with open("/proc/cpuinfo") as fh:
+            model = next((line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")), None)
+    except OSError:
+        pass
+    return f"{model or platform.processor() or platform.machine()} ({os.cpu_count()} cores)"
+
+
 def environment(device: torch.device) -> dict:
     """Device name, thread count and versions: recorded with every result."""
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
     else:
-        name = f"{platform.processor() or platform.machine()} ({os.cpu_count()} cores)"
+        name = cpu_name()
     triton = zenattn.info().get("triton")
     return {"device": name, "device_type": device.type, "threads": torch.get_num_threads(),
             "torch": torch.__version__, "zenattn": zenattn.__version__, "triton": triton,
