@@ -49,7 +49,7 @@ def _check(backend, x, dtype, dy=None):
     return ours
 
 
-@pytest.mark.parametrize("backend", KERNELS)
+@pytest.mark.parametrize("backend", KERNELS + ["torch"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
 def test_rotary_parity(backend, dtype, shape):

@@ -66,7 +66,7 @@ def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor, *, backend: Optional[str] 
     """
     _check(x, cos, sin)
     choice = backends.select("rotary", x, cos, sin, backend=backend)
-    if choice.backend == "torch":
-        return reference.rotary_ref(x, cos, sin)
+    if choice.backend == "torch":   # computed at the promoted precision of x and the angles, returned as x's dtype
+        return reference.rotary_ref(x, cos, sin).to(x.dtype)
     y = rotary_ops.rotary(_as_4d(x), cos, sin, False, choice.backend)
     return y if y.shape == x.shape else y.reshape(x.shape)

@@ -14,7 +14,6 @@ flag flipped, so any order of derivative is exact. cos and sin get no gradient.
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
 from zenattn import backends
