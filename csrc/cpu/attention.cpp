@@ -10,6 +10,7 @@
 
 #include <limits>
 #include <mutex>
+#include <string>
 
 namespace zenattn::cpu {
 namespace {
@@ -35,8 +36,9 @@ constexpr int64_t kBrgemmMinQueries = 64;
 // N 128/256: the time 0.71-0.84x / 0.88-0.90x sgemm_'s; N 512 D 64: 0.89x / 0.98x), and slower
 // from there (N 512 D 128 causal 1.21x / 1.15x; N 1024-2048, D 64-128: 1.17-1.47x / 1.30-1.52x).
 constexpr int64_t kF32BrgemmMaxKeysAvx2 = 512, kF32BrgemmMaxDimAvx2 = 64;
+bool f32_brgemm_any_shape() { return blas::f32_brgemm_forced() || runtime_isa() == Isa::AVX512; }
 bool f32_brgemm_pays(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
-  if (blas::f32_brgemm_forced() || runtime_isa() == Isa::AVX512) return true;
+  if (f32_brgemm_any_shape()) return true;
   return k.size(2) <= kF32BrgemmMaxKeysAvx2 && std::max(q.size(3), v.size(3)) <= kF32BrgemmMaxDimAvx2;
 }
 Products products_for(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
@@ -229,10 +231,12 @@ void make_packs(const Packs& packs, const Scratch& scratch) {
 
 }  // namespace
 
-const char* attention_f32_brgemm_rule() {
+std::string attention_f32_brgemm_rule() {
   if (!blas::f32_brgemm_available()) return "never";
-  if (blas::f32_brgemm_forced() || runtime_isa() == Isa::AVX512) return "from 64 queries";
-  return "from 64 queries, up to 512 keys, head dims up to 64";
+  const std::string rule = "from " + std::to_string(kBrgemmMinQueries) + " queries";
+  if (f32_brgemm_any_shape()) return rule;
+  return rule + ", up to " + std::to_string(kF32BrgemmMaxKeysAvx2) + " keys, head dims up to " +
+         std::to_string(kF32BrgemmMaxDimAvx2);
 }
 
 int64_t release_attention_scratch() { return Scratch::release(); }

@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <optional>
+#include <string>
 #include <vector>
 
 namespace zenattn::cpu {
@@ -144,7 +145,7 @@ int64_t release_attention_scratch();
 
 // Where the launchers take fp32 brgemm tile products rather than sgemm_ on this machine, in words
 // (for zenattn.info(); the rule is f32_brgemm_pays in csrc/cpu/attention.cpp).
-const char* attention_f32_brgemm_rule();
+std::string attention_f32_brgemm_rule();
 
 // Options shared by the forward and the backward launcher.
 struct AttnOptions {
