@@ -217,7 +217,7 @@ std::vector<at::Tensor> attention_forward(const at::Tensor& q, const at::Tensor&
 
 std::vector<at::Tensor> attention_bwd(const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k,
                                       const at::Tensor& v, const at::Tensor& out, const at::Tensor& lse,
-                                      const std::optional<at::Tensor>& dlse,
+                                      const at::Tensor& lse_lo, const std::optional<at::Tensor>& dlse,
                                       const std::optional<at::Tensor>& attn_mask,
                                       const std::optional<at::Tensor>& alibi_slopes,
                                       const std::optional<at::Tensor>& seed, double scale, double softcap,
@@ -240,11 +240,13 @@ std::vector<at::Tensor> attention_bwd(const at::Tensor& dout, const at::Tensor& 
               half ? " or Float" : "", "; got ", dout.scalar_type(), " and ", out.scalar_type());
   TORCH_CHECK(lse.device().is_cpu() && lse.sizes() == at::IntArrayRef({q.size(0), q.size(1), q.size(2)}), kAttnOp,
               ": lse must be a CPU tensor of shape (batch, heads, q_len), got ", shape_str(lse));
+  TORCH_CHECK(lse_lo.device().is_cpu() && lse_lo.sizes() == lse.sizes(), kAttnOp,
+              ": lse_lo must be a CPU tensor shaped like lse ", shape_str(lse), ", got ", shape_str(lse_lo));
   if (dlse.has_value()) {
     TORCH_CHECK(dlse->device().is_cpu() && dlse->sizes() == lse.sizes(), kAttnOp,
                 ": grad of lse must be a CPU tensor shaped like lse ", shape_str(lse), ", got ", shape_str(*dlse));
   }
-  return zenattn::cpu::attention_bwd(dout, q, k, v, out, lse, dlse, opt);
+  return zenattn::cpu::attention_bwd(dout, q, k, v, out, lse, lse_lo, dlse, opt);
 }
 
 py::dict build_info() {
@@ -341,11 +343,11 @@ PYBIND11_MODULE(_C, m) {
                    "norm_fwd with its autograd in C++: returns [y, sum, mean, rstd] (absent ones: 0 elements)");
   def_attention_forward(m, "attention_fwd", &attention_forward<zenattn::cpu::attention_fwd>,
         "Flash attention forward: returns [out (B, Hq, Nq, Dv), lse (B, Hq, Nq), out_acc (the float32 output "
-        "for float16/bfloat16 inputs, else empty)]");
+        "for float16/bfloat16 inputs, else empty), lse_lo (what rounding lse lost, for the backward)]");
   def_attention_forward(m, "attention_autograd", &attention_forward<zenattn::cpu::attention_autograd>,
-                        "attention_fwd with its autograd in C++: returns [out, lse, out_acc]");
+                        "attention_fwd with its autograd in C++: returns [out, lse, out_acc, lse_lo]");
   m.def("attention_bwd", &attention_bwd, py::arg("dout"), py::arg("q"), py::arg("k"), py::arg("v"),
-        py::arg("out"), py::arg("lse"), py::arg("dlse"), py::arg("attn_mask"), py::arg("alibi_slopes"), py::arg("seed"),
+        py::arg("out"), py::arg("lse"), py::arg("lse_lo"), py::arg("dlse"), py::arg("attn_mask"), py::arg("alibi_slopes"), py::arg("seed"),
         py::arg("scale"), py::arg("softcap"), py::arg("window_left"), py::arg("window_right"),
         py::arg("bottom_right"), py::arg("dropout_p"), "Flash attention backward: returns [dq, dk, dv]");
   m.def("rotary", &rotary, py::arg("x"), py::arg("cos"), py::arg("sin"), py::arg("backward"),

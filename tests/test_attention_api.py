@@ -381,17 +381,17 @@ def _opcheck_cases(backend):
     yield f"{backend} fwd heads-inner q bf16", ops.attention_fwd.default, (
         qb, kb, vb, None, None, None, 0.35, 0.0, -1, 0, False, 0.0, False, backend)
     q, k, v = (t.detach() for t in (q, k, v))
-    out, lse, _ = ops.attention_fwd(q, k, v, None, None, None, 0.35, 0.0, -1, 0, False, 0.0, False, backend)
+    out, lse, _, lse_lo = ops.attention_fwd(q, k, v, None, None, None, 0.35, 0.0, -1, 0, False, 0.0, False, backend)
     yield f"{backend} bwd heads-inner q", ops.attention_bwd.default, (
-        torch.randn_like(out), q, k, v, out, lse, None, None, None, None, 0.35, 0.0, -1, 0, False, 0.0, False, backend)
+        torch.randn_like(out), q, k, v, out, lse, lse_lo, None, None, None, None, 0.35, 0.0, -1, 0, False, 0.0, False, backend)
     # backward op on plain tensors, with and without a gradient on the lse
     q, k, v = qkv(4, 2, 9, 6, 8, 8, grad=False)
-    out, lse, _ = ops.attention_fwd(q, k, v, None, None, None, 0.35, 0.0, -1, 0, True, 0.0, False, backend)
+    out, lse, _, lse_lo = ops.attention_fwd(q, k, v, None, None, None, 0.35, 0.0, -1, 0, True, 0.0, False, backend)
     dout = torch.randn_like(out)
     yield f"{backend} bwd", ops.attention_bwd.default, (
-        dout, q, k, v, out, lse, None, None, None, None, 0.35, 0.0, -1, 0, True, 0.0, False, backend)
+        dout, q, k, v, out, lse, lse_lo, None, None, None, None, 0.35, 0.0, -1, 0, True, 0.0, False, backend)
     yield f"{backend} bwd dlse", ops.attention_bwd.default, (
-        dout, q, k, v, out, lse, torch.randn_like(lse), None, None, None, 0.35, 0.0, -1, 0, True, 0.0, False, backend)
+        dout, q, k, v, out, lse, lse_lo, torch.randn_like(lse), None, None, None, 0.35, 0.0, -1, 0, True, 0.0, False, backend)
 
 
 @pytest.mark.parametrize("case", [c for b in KERNELS for c in _opcheck_cases(b)], ids=lambda c: c[0] if isinstance(c, tuple) else None)
@@ -496,7 +496,7 @@ def test_cpu_eager_cpp_autograd_equals_the_registered_op(case, dtype):
     def run(native: bool):
         q, k, v = (t.clone().requires_grad_() for t in (q0, k0, v0))
         args = (q, k, v, mask, None, seed, 0.3, 0.0, window_left, window_right, True, p, False, "cpu")
-        out, lse, _ = attention_ops.attention(*args) if native else torch.ops.zenattn.attention_fwd(*args)
+        out, lse, *_ = attention_ops.attention(*args) if native else torch.ops.zenattn.attention_fwd(*args)
         assert ("AttentionFunction" in out.grad_fn.name()) == native, out.grad_fn.name()
         weights = torch.linspace(-1, 1, out.shape[-1])
         loss = {"lse only": lse.sum(), "out and lse": (out.float() * weights).sum() + lse.sum()}.get(

@@ -339,6 +339,33 @@ def test_bf16_queries_and_keys_near_1e5(backend):
     torch.testing.assert_close(ours[3].double(), ref[3], rtol=1.6e-2, atol=1.6e-2)
 
 
+@pytest.mark.parametrize("backend", KERNELS)
+def test_backward_probabilities_at_large_scores(backend):
+    """float32 scores near 200 (exact: q and k are small binary fractions, so every backend and the
+    float64 reference see the same scores). lse = 200.4197... rounds to float32 by 6.9e-6; the
+    backward's P = exp(S - lse) would carry that into every row alike, and dV = P^T dO, summed over
+    64 identical rows, by 6e-6 of |dV|. The forward's lse_lo (what rounding lse lost) restores it:
+    lse + lse_lo is the log-sum-exp to float32 rounding of log(sum), and dV comes out to a few ulps.
+    (The fuzz test found this on a CPU whose torch.randn draws differed: tests/test_fuzz.py.)"""
+    N, keys = 64, torch.tensor([12.5, 12.375, 12.25, 12.4375])   # scores 200, 198, 196, 199
+    q, k = torch.full((1, 1, N, 1), 16.0), keys.view(1, 1, -1, 1)
+    v, dout = torch.linspace(-1, 1, len(keys)).view(1, 1, -1, 1), torch.ones(1, 1, N, 1)
+    want_lse = torch.logsumexp(16.0 * keys.double(), 0).item()
+
+    _, lse, _, lse_lo = torch.ops.zenattn.attention_fwd(q, k, v, None, None, None, 1.0, 0.0, -1, -1, False, 0.0,
+                                                        False, backend)
+    assert (lse.double() - want_lse).abs().max().item() > 1e-6         # the case rounds lse far
+    assert (lse.double() + lse_lo.double() - want_lse).abs().max().item() < 5e-7
+
+    leaves = [t.clone().requires_grad_() for t in (q, k, v)]
+    out, lse = zenattn.attention(*leaves, scale=1.0, return_lse=True, backend=backend)
+    assert (lse.double() - want_lse).abs().max().item() <= 7.7e-6     # the public lse: float32, half an ulp
+    dv = torch.autograd.grad(out, leaves[2], dout)[0]
+    ref_leaves = [t.double().requires_grad_() for t in (q, k, v)]
+    ref_dv = torch.autograd.grad(attention_ref(*ref_leaves, scale=1.0), ref_leaves[2], dout.double())[0]
+    assert (dv.double() - ref_dv).abs().max().item() <= 1e-6 * ref_dv.abs().max().item()
+
+
 # ---- dropout ----------------------------------------------------------------------------------
 
 def _dropout_run(seed, q, k, v, dout, backend="cpu", **opts):

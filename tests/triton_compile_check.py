@@ -107,7 +107,7 @@ def compile_case(kernel: str, dtype: str, size: int, features: bool, arch: int, 
                  HAS_WL=features, HAS_WR=True, HAS_DROPOUT=features, ACC=acc,
                  PRECISION="ieee" if dtype in ("fp32", "fp64") else "tf32", ROUND_BF16=False,
                  BLOCK_D=size, BLOCK_DV=size, BLOCK_M=config.pop("BLOCK_M"), BLOCK_N=config.pop("BLOCK_N"))
-    pointers = dict(Q=t, K=t, V=t, O=t, DO=t, DQ=t, DK=t, DV_OUT=t, LSE=stat, DELTA=stat, MASK="*i1",
+    pointers = dict(Q=t, K=t, V=t, O=t, DO=t, DQ=t, DK=t, DV_OUT=t, LSE=stat, LSE_LO=stat, DELTA=stat, MASK="*i1",
                     SLOPES="*fp32")
     return compile_kernel(fn, pointers, const, arch, **config)
 

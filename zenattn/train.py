@@ -410,6 +410,8 @@ def train(args: argparse.Namespace) -> dict:
                 save_checkpoint(out / f"checkpoint-{step + 1}.pt", state, cfg, step + 1, generator, history, vars(args))
     elapsed = time.perf_counter() - t0
     state = full_state(model, optimizer, args.fsdp)
+    if world > 1:  # every rank done with every collective before one leaves (gloo aborted a rank once)
+        torch.distributed.barrier()
     if rank != 0:
         torch.distributed.destroy_process_group()
         return {"history": history}

@@ -266,22 +266,24 @@ std::vector<at::Tensor> attention_fwd(const at::Tensor& q_in, const at::Tensor& 
   p.v_pack = packs.size() > 1 ? scratch[1].data_ptr() : nullptr;
   const auto opts = q.options().dtype(p.dtype);
   at::Tensor out = like_q(q_in, p.Dv, opts);
-  at::Tensor lse = at::empty({p.B, p.Hq, p.Nq}, opts);
+  at::Tensor lse = at::empty({p.B, p.Hq, p.Nq}, opts), lse_lo = at::empty({p.B, p.Hq, p.Nq}, opts);
   p.out = out.data_ptr();
   p.out_sb = out.stride(0), p.out_sh = out.stride(1), p.out_sn = row_stride(out);
   p.lse = lse.data_ptr();
+  p.lse_lo = lse_lo.data_ptr();
   if (out.numel() > 0 || lse.numel() > 0) run_fwd(p);
   for (size_t i = 0; i < packs.size(); ++i) scratch.drop(i);
   // Half-precision inputs also get the output at the compute precision: the backward's
   // delta = rowsum(dO * O) from the rounded output would shift every dS of a row by up to one
   // rounding step of O (dq and dk errors many times torch's; found by tests/test_fuzz.py).
-  if (q_in.scalar_type() != p.dtype) return {out.to(q_in.scalar_type()), lse, out};
-  return {out, lse, at::empty({0}, opts)};
+  if (q_in.scalar_type() != p.dtype) return {out.to(q_in.scalar_type()), lse, out, lse_lo};
+  return {out, lse, at::empty({0}, opts), lse_lo};
 }
 
 std::vector<at::Tensor> attention_bwd(const at::Tensor& dout_in, const at::Tensor& q_in, const at::Tensor& k_in,
                                       const at::Tensor& v_in, const at::Tensor& out_in, const at::Tensor& lse_in,
-                                      const std::optional<at::Tensor>& dlse_in, const AttnOptions& opt) {
+                                      const at::Tensor& lse_lo_in, const std::optional<at::Tensor>& dlse_in,
+                                      const AttnOptions& opt) {
   const Products products = products_for(q_in, k_in, v_in);
   const at::ScalarType type = operand_type(products, q_in);
   const at::Tensor q = operand(q_in, type), k = operand(k_in, type), v = operand(v_in, type);
@@ -290,7 +292,7 @@ std::vector<at::Tensor> attention_bwd(const at::Tensor& dout_in, const at::Tenso
   AttnParams p = make_params(products, q, k, v, opt, mask_holder, alibi_holder);
   const at::Tensor o = operand(out_in, p.dtype);
   const at::Tensor dlse = dlse_in.has_value() ? dlse_in->to(p.dtype).contiguous() : at::Tensor();
-  const at::Tensor lse = lse_in.to(p.dtype).contiguous();
+  const at::Tensor lse = lse_in.to(p.dtype).contiguous(), lse_lo = lse_lo_in.to(p.dtype).contiguous();
   const bool brgemm = products != Products::blas;
   Packs packs;  // K^T and V^T (bf16: in VNNI pairs), and bf16's K in pairs
   if (products == Products::brgemm_bf16) {
@@ -322,6 +324,7 @@ std::vector<at::Tensor> attention_bwd(const at::Tensor& dout_in, const at::Tenso
   p.vt_pack = packs.size() > 1 ? scratch[1].data_ptr() : nullptr;
   p.k_pack = packs.size() > 2 ? scratch[2].data_ptr() : nullptr;
   p.lse = const_cast<void*>(lse.data_ptr());
+  p.lse_lo = const_cast<void*>(lse_lo.data_ptr());
   p.dout = dout.data_ptr();
   p.do_sb = dout.stride(0), p.do_sh = dout.stride(1), p.do_sn = row_stride(dout);
   p.o = o.data_ptr();

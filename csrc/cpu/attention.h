@@ -52,6 +52,7 @@ struct AttnParams {
   // forward outputs
   void* out;  int64_t out_sb, out_sh, out_sn;       // (B, Hq, Nq, Dv), T, unit last stride
   void* lse;                       // (B, Hq, Nq) contiguous, T: log-sum-exp of the scores, -inf if none
+  void* lse_lo;                    // (B, Hq, Nq) contiguous, T: what rounding lse lost (0 where lse is -inf)
 
   // backward inputs and outputs
   const void* dout;  int64_t do_sb, do_sh, do_sn;   // (B, Hq, Nq, Dv)
@@ -169,17 +170,23 @@ inline bool heads_inner(const at::Tensor& q) {
 }
 
 // Launchers (inputs already checked at the pybind11 boundary):
-//   attention_fwd -> {out (B, Hq, Nq, Dv) in q's dtype, lse (B, Hq, Nq) float32 (float64 for float64)}
+//   attention_fwd -> {out (B, Hq, Nq, Dv) in q's dtype, lse (B, Hq, Nq) float32 (float64 for float64),
+//                     out_acc (float32 out for float16/bfloat16 inputs, else 0 elements), lse_lo like lse}
 //   attention_bwd -> {dq, dk, dv} shaped and typed like q, k, v
+// lse + lse_lo is the row's max + log(sum) to twice lse's precision: the backward's P = exp((S - lse)
+// - lse_lo) is then the forward's softmax to rounding. exp(S - lse) alone is off by the rounding of
+// lse, up to half an ulp of |lse| (2e-6 at |lse| ~ 32 in float32) for every P of the row alike, an
+// error that adds up in dV = P^T dO where torch's explicit softmax has none.
 // out and dq are laid out (B, Nq, Hq, X) in memory where heads_inner(q), else contiguous; dk and
 // dv are contiguous.
 std::vector<at::Tensor> attention_fwd(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                       const AttnOptions& opt);
 std::vector<at::Tensor> attention_bwd(const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k,
                                       const at::Tensor& v, const at::Tensor& out, const at::Tensor& lse,
-                                      const std::optional<at::Tensor>& dlse, const AttnOptions& opt);
+                                      const at::Tensor& lse_lo, const std::optional<at::Tensor>& dlse,
+                                      const AttnOptions& opt);
 
-// attention_fwd with its autograd attached (csrc/cpu/attention_autograd.cpp): {out, lse, out_acc},
+// attention_fwd with its autograd attached (csrc/cpu/attention_autograd.cpp): {out, lse, out_acc, lse_lo},
 // differentiable in q, k and v (and out and lse). What the eager "cpu" path of
 // zenattn/ops/attention.py calls when a gradient is tracked.
 std::vector<at::Tensor> attention_autograd(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,

@@ -12,8 +12,8 @@ namespace {
 using namespace autograd;
 
 struct AttentionFunction : public torch::autograd::Function<AttentionFunction> {
-  // -> {out, lse, out_acc}, as attention_fwd; out_acc (the float32 output kept for the backward
-  // of float16/bfloat16 inputs, else 0 elements) gets no gradient.
+  // -> {out, lse, out_acc, lse_lo}, as attention_fwd; out_acc (the float32 output kept for the
+  // backward of float16/bfloat16 inputs, else 0 elements) and lse_lo get no gradient.
   static variable_list forward(AutogradContext* ctx, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                const std::optional<at::Tensor>& attn_mask,
                                const std::optional<at::Tensor>& alibi_slopes, const std::optional<at::Tensor>& seed,
@@ -24,7 +24,7 @@ struct AttentionFunction : public torch::autograd::Function<AttentionFunction> {
                           alibi_slopes, seed};
     std::vector<at::Tensor> out = attention_fwd(q, k, v, opt);
     // The backward reads the output only for delta = rowsum(dO * O): the unrounded one if there is one.
-    ctx->save_for_backward({q, k, v, out[2].numel() ? out[2] : out[0], out[1], attn_mask.value_or(at::Tensor()),
+    ctx->save_for_backward({q, k, v, out[2].numel() ? out[2] : out[0], out[1], out[3], attn_mask.value_or(at::Tensor()),
                             alibi_slopes.value_or(at::Tensor()), seed.value_or(at::Tensor())});
     ctx->set_materialize_grads(false);  // an unused lse gets no zeros (nor does an unused output)
     ctx->saved_data["scale"] = scale;
@@ -33,7 +33,7 @@ struct AttentionFunction : public torch::autograd::Function<AttentionFunction> {
     ctx->saved_data["window_right"] = window_right;
     ctx->saved_data["bottom_right"] = bottom_right;
     ctx->saved_data["dropout_p"] = dropout_p;
-    ctx->mark_non_differentiable({out[2]});
+    ctx->mark_non_differentiable({out[2], out[3]});
     return out;
   }
 
@@ -41,13 +41,13 @@ struct AttentionFunction : public torch::autograd::Function<AttentionFunction> {
     RECORD_FUNCTION("zenattn::attention_bwd", std::vector<c10::IValue>());
     refuse_create_graph("attention");
     const variable_list s = ctx->get_saved_variables();
-    const at::Tensor &q = s[0], &k = s[1], &v = s[2], &out = s[3], &lse = s[4];
+    const at::Tensor &q = s[0], &k = s[1], &v = s[2], &out = s[3], &lse = s[4], &lse_lo = s[5];
     const AttnOptions opt{ctx->saved_data["scale"].toDouble(), ctx->saved_data["softcap"].toDouble(),
                           ctx->saved_data["window_left"].toInt(), ctx->saved_data["window_right"].toInt(),
                           ctx->saved_data["bottom_right"].toBool(), ctx->saved_data["dropout_p"].toDouble(),
-                          present(s[5]), present(s[6]), present(s[7])};
+                          present(s[6]), present(s[7]), present(s[8])};
     const at::Tensor dout = grads[0].defined() ? grads[0] : at::zeros(out.sizes(), q.options());
-    std::vector<at::Tensor> g = attention_bwd(dout, q, k, v, out, lse, present(grads[1]), opt);
+    std::vector<at::Tensor> g = attention_bwd(dout, q, k, v, out, lse, lse_lo, present(grads[1]), opt);
     variable_list result(12);
     result[0] = g[0], result[1] = g[1], result[2] = g[2];
     return result;

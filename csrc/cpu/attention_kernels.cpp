@@ -3,10 +3,11 @@
 //
 //   forward   one work item per (batch, q head, block of up to 256 queries). Scores for a block of
 //             keys come from one BLAS product, the online softmax rescales the running output
-//             in place, and a second product adds P @ V. Only O and the log-sum-exp are stored.
+//             in place, and a second product adds P @ V. Only O and the log-sum-exp (as lse and
+//             the lse_lo its rounding lost, csrc/cpu/attention.h) are stored.
 //   backward  one work item per (batch, q head, chunk of its query blocks; one chunk unless there
 //             are few heads, see attention_bwd_q_chunks), walking its query blocks in order: each
-//             tile recomputes P = exp(S - lse) from the saved log-sum-exp, and four products give
+//             tile recomputes P = exp(S - lse - lse_lo) from the saved log-sum-exp, and four products give
 //             dV += P^T dO, dP = dO V^T, dQ += dS K, dK += dS^T Q with dS = P * (dP - delta).
 //             Every gradient element is summed by one thread in a fixed order, and the work split
 //             depends on the shape alone, so the backward is deterministic whatever the thread
@@ -33,6 +34,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <tuple>
 #include <limits>
 #include <type_traits>
 #include <utility>
@@ -125,6 +127,25 @@ T exp_shift_sum(T* s, int64_t n, T shift, T mul) {
     sum += s[c];
   }
   return sum;
+}
+
+// s = exp((s * mul - hi) - lo) in place: the backward's P from the saved lse (hi) and lse_lo (lo).
+template <typename T>
+void exp_minus_lse(T* s, int64_t n, T hi, T lo, T mul) {
+  using Vec = Vectorized<T>;
+  const Vec vhi(-hi), vlo(lo), vmul(mul);
+  int64_t c = 0;
+  for (; c + Vec::size() <= n; c += Vec::size()) {
+    fast_exp(at::vec::fmadd(Vec::loadu(s + c), vmul, vhi) - vlo).store(s + c);
+  }
+  for (; c < n; ++c) s[c] = std::exp(std::fma(s[c], mul, -hi) - lo);
+}
+
+// hi + lo = a + b exactly, hi = a + b rounded (Knuth's two-sum; no fast-math here to reorder it).
+template <typename T>
+std::pair<T, T> two_sum(T a, T b) {
+  const T hi = a + b, b_part = hi - a;
+  return {hi, (a - (hi - b_part)) + (b - b_part)};
 }
 
 // out = bf16(exp(s * mul - shift)) (the forward's P, ready for the bf16 product); returns the sum
@@ -423,14 +444,15 @@ void forward(const AttnParams& p) {
         }
       }
 
-      // out = acc / l; lse = m + log(l); rows with nothing attended: out 0, lse -inf
+      // out = acc / l; lse + lse_lo = m + log(l); rows with nothing attended: out 0, lse -inf
       T* out = static_cast<T*>(p.out) + head.b * p.out_sb + head.h * p.out_sh + i0 * p.out_sn;
       T* lse = static_cast<T*>(p.lse) + bh * p.Nq + i0;
+      T* lse_lo = static_cast<T*>(p.lse_lo) + bh * p.Nq + i0;
       for (int64_t r = 0; r < rows; ++r) {
         const bool any = l[r] > T(0);
         std::copy_n(acc.data() + r * p.Dv, p.Dv, out + r * p.out_sn);
         scale_row(out + r * p.out_sn, p.Dv, any ? T(1) / l[r] : T(0));
-        lse[r] = any ? m[r] + std::log(l[r]) : kNegInf<T>;
+        std::tie(lse[r], lse_lo[r]) = any ? two_sum(m[r], std::log(l[r])) : std::pair<T, T>{kNegInf<T>, T(0)};
       }
     }
     if constexpr (kBf16) blas::brgemm_release();
@@ -474,6 +496,7 @@ void backward(const AttnParams& p) {
       const T* dout = static_cast<const T*>(p.dout) + head.b * p.do_sb + head.h * p.do_sh;
       const T* o = static_cast<const T*>(p.o) + head.b * p.o_sb + head.h * p.o_sh;
       const T* lse = static_cast<const T*>(p.lse) + bh * p.Nq;
+      const T* lse_lo = static_cast<const T*>(p.lse_lo) + bh * p.Nq;
       const T* dlse = p.dlse ? static_cast<const T*>(p.dlse) + bh * p.Nq : nullptr;
       T* dq = static_cast<T*>(p.dq) + head.b * p.dq_sb + head.h * p.dq_sh;
       T* dk = static_cast<T*>(p.dk_parts) + item * p.Nk * p.D;
@@ -505,14 +528,14 @@ void backward(const AttnParams& p) {
 
         for (int64_t j0 = klo; j0 < khi; j0 += BK) {
           const int64_t cols = std::min(BK, khi - j0);
-          // P = exp(S - lse): the forward's probabilities, recomputed
+          // P = exp(S - lse - lse_lo): the forward's probabilities, recomputed
           head.scores(P.data(), BK, i0, rows, j0, cols, tanh_buf.data());
           for (int64_t r = 0; r < rows; ++r) {
             T* pr = P.data() + r * BK;
             if (lse[i0 + r] == kNegInf<T>) {  // row attends nothing: P = 0, and so every gradient
               std::fill(pr, pr + cols, T(0));
             } else {
-              exp_shift_sum(pr, cols, lse[i0 + r], head.pending_scale);
+              exp_minus_lse(pr, cols, lse[i0 + r], lse_lo[i0 + r], head.pending_scale);
             }
           }
           const T* p_used = P.data();  // the probabilities that multiplied V in the forward

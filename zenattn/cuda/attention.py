@@ -70,10 +70,12 @@ def attention_fwd(q: Tensor, k: Tensor, v: Tensor, attn_mask: Optional[Tensor], 
         out, lse, out_acc = backends.extension().cuda_attention_fwd(
             q, k, v, float(scale), _window_side(window_left, nq, nk), _window_side(window_right, nq, nk),
             bool(bottom_right), _stream(q))
-    return [out, lse, out_acc]
+    # No lse_lo (zenattn/ops/attention.py): float16/bfloat16 rounding dwarfs what rounding lse loses.
+    return [out, lse, out_acc, q.new_empty(0)]
 
 
-def attention_bwd(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, dlse: Optional[Tensor],
+def attention_bwd(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, lse_lo: Tensor,
+                  dlse: Optional[Tensor],
                   attn_mask: Optional[Tensor], alibi_slopes: Optional[Tensor], seed: Optional[Tensor], scale: float,
                   softcap: float, window_left: int, window_right: int, bottom_right: bool,
                   dropout_p: float) -> list[Tensor]:

@@ -240,7 +240,7 @@ def _attention(fn: str, q, k, v, *, attn_mask, causal, alignment, window, softca
             window=(left, right), softcap=softcap, alibi_slopes=alibi_slopes, dropout_p=dropout_p,
             dropout_keep=keep, upcast=True, return_lse=return_lse)
 
-    out, lse, _ = attention_ops.attention(
+    out, lse, *_ = attention_ops.attention(
         q, k, v, attn_mask, alibi_slopes, seed, float(scale), float(softcap or 0.0), left, right,
         alignment == "bottom_right", float(dropout_p),
         bool(deterministic) or torch.are_deterministic_algorithms_enabled(), choice.backend)

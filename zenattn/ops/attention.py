@@ -1,8 +1,9 @@
 """Attention as ``torch.library`` ops in the ``zenattn`` namespace.
 
     zenattn::attention_fwd(q, k, v, attn_mask?, alibi_slopes?, seed?, scale, softcap, window_left,
-                           window_right, bottom_right, dropout_p, deterministic, backend) -> (out, lse, out_acc)
-    zenattn::attention_bwd(dout, q, k, v, out, lse, dlse?, attn_mask?, alibi_slopes?, seed?, scale, softcap,
+                           window_right, bottom_right, dropout_p, deterministic, backend)
+                           -> (out, lse, out_acc, lse_lo)
+    zenattn::attention_bwd(dout, q, k, v, out, lse, lse_lo, dlse?, attn_mask?, alibi_slopes?, seed?, scale, softcap,
                            window_left, window_right, bottom_right, dropout_p, deterministic, backend)
                            -> (dq, dk, dv)
 
@@ -12,7 +13,14 @@ triton backends: :func:`new_like_q`, as is dq); lse ``(B, Hq, Nq)`` float32
 (float64 for float64 input), ``-inf`` for rows that attend nothing. ``out_acc`` is the output
 at the compute precision (float32) for float16/bfloat16 inputs, kept for the backward's
 ``delta = rowsum(dO * O)`` (from the rounded output, delta's error shifts every dS of a row and
-multiplies dq/dk's error); an empty tensor for float32/float64 inputs, whose ``out`` serves. ``attn_mask`` broadcasts to
+multiplies dq/dk's error); an empty tensor for float32/float64 inputs, whose ``out`` serves.
+``lse_lo`` (shaped and typed like lse, 0 where lse is -inf) is what rounding lse lost: lse + lse_lo is
+the row's max + log(sum) to twice lse's precision, and the backward's P = exp((S - lse) - lse_lo)
+matches the forward's softmax. From lse alone, every P of a row would be off by the same factor
+exp(rounding of lse), up to half an ulp of |lse| (2e-6 at |lse| ~ 32 in float32), and dV = P^T dO
+would sum that error where torch's explicit softmax has none (found by tests/test_fuzz.py). The
+cuda backend (float16/bfloat16 only, whose rounding dwarfs it) returns an empty one and reads lse
+alone. ``attn_mask`` broadcasts to
 ``(B, Hq, Nq, Nk)`` (bool: may attend; floating: added to the scores). A window side of -1 is
 unbounded; causal attention is ``window_right = 0``; ``bottom_right`` aligns the diagonal with the
 last key (offset ``Nk - Nq``). ``seed`` is an int64 scalar tensor drawn from torch's generator
@@ -43,11 +51,11 @@ _SCORE_ARGS = ("Tensor? attn_mask, Tensor? alibi_slopes, Tensor? seed, float sca
 def _attention_fwd(q: Tensor, k: Tensor, v: Tensor, attn_mask: Optional[Tensor], alibi_slopes: Optional[Tensor],
                    seed: Optional[Tensor], scale: float, softcap: float, window_left: int, window_right: int,
                    bottom_right: bool, dropout_p: float, deterministic: bool, backend: str
-                   ) -> tuple[Tensor, Tensor, Tensor]:
-    out, lse, out_acc = backends.launchers(backend, "attention").attention_fwd(
+                   ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    out, lse, out_acc, lse_lo = backends.launchers(backend, "attention").attention_fwd(
         q, k, v, attn_mask, alibi_slopes, seed, scale, softcap, window_left, window_right, bottom_right,
         dropout_p)
-    return out, lse, out_acc
+    return out, lse, out_acc, lse_lo
 
 
 # Backends whose out and dq follow q's layout (new_like_q); the cuda backend's are contiguous.
@@ -78,25 +86,26 @@ def _attention_fwd_fake(q, k, v, attn_mask, alibi_slopes, seed, scale, softcap, 
     lse = q.new_empty(b, h, n, dtype=_stat_dtype(q.dtype))
     half = q.dtype in (torch.float16, torch.bfloat16)
     out_acc = new_like_q(q, v.shape[-1], torch.float32, backend) if half else q.new_empty(0)
-    return out, lse, out_acc
+    lse_lo = q.new_empty(0) if backend == "cuda" else torch.empty_like(lse)
+    return out, lse, out_acc, lse_lo
 
 
 attention_fwd = _define(
-    f"attention_fwd(Tensor q, Tensor k, Tensor v, {_SCORE_ARGS}) -> (Tensor, Tensor, Tensor)",
+    f"attention_fwd(Tensor q, Tensor k, Tensor v, {_SCORE_ARGS}) -> (Tensor, Tensor, Tensor, Tensor)",
     _attention_fwd, _attention_fwd_fake)
 
 
-def _attention_bwd(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor,
+def _attention_bwd(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, lse_lo: Tensor,
                    dlse: Optional[Tensor], attn_mask: Optional[Tensor], alibi_slopes: Optional[Tensor], seed: Optional[Tensor],
                    scale: float, softcap: float, window_left: int, window_right: int, bottom_right: bool,
                    dropout_p: float, deterministic: bool, backend: str) -> tuple[Tensor, Tensor, Tensor]:
     dq, dk, dv = backends.launchers(backend, "attention").attention_bwd(
-        dout, q, k, v, out, lse, dlse, attn_mask, alibi_slopes, seed, scale, softcap, window_left, window_right,
-        bottom_right, dropout_p)
+        dout, q, k, v, out, lse, lse_lo, dlse, attn_mask, alibi_slopes, seed, scale, softcap, window_left,
+        window_right, bottom_right, dropout_p)
     return dq, dk, dv
 
 
-def _attention_bwd_fake(dout, q, k, v, out, lse, dlse, attn_mask, alibi_slopes, seed, scale, softcap, window_left,
+def _attention_bwd_fake(dout, q, k, v, out, lse, lse_lo, dlse, attn_mask, alibi_slopes, seed, scale, softcap, window_left,
                         window_right, bottom_right, dropout_p, deterministic, backend):
     return (new_like_q(q, q.shape[-1], q.dtype, backend),
             torch.empty(k.shape, dtype=k.dtype, device=k.device),
@@ -104,7 +113,8 @@ def _attention_bwd_fake(dout, q, k, v, out, lse, dlse, attn_mask, alibi_slopes, 
 
 
 attention_bwd = _define(
-    f"attention_bwd(Tensor dout, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, Tensor? dlse, {_SCORE_ARGS})"
+    f"attention_bwd(Tensor dout, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, Tensor lse_lo, Tensor? dlse, "
+    f"{_SCORE_ARGS})"
     " -> (Tensor, Tensor, Tensor)", _attention_bwd, _attention_bwd_fake)
 
 
@@ -113,18 +123,19 @@ _attention_bwd_call = _eager(attention_bwd, _attention_bwd)
 
 def _attention_setup(ctx, inputs, output):
     q, k, v, attn_mask, alibi_slopes, seed, *options = inputs
-    out, lse, out_acc = output
+    out, lse, out_acc, lse_lo = output
     # The backward reads the output only for delta = rowsum(dO * O): the unrounded one if there is one.
-    ctx.save_for_backward(q, k, v, out_acc if out_acc.numel() else out, lse, attn_mask, alibi_slopes, seed)
-    ctx.mark_non_differentiable(out_acc)
+    ctx.save_for_backward(q, k, v, out_acc if out_acc.numel() else out, lse, lse_lo, attn_mask, alibi_slopes, seed)
+    ctx.mark_non_differentiable(out_acc, lse_lo)
     ctx.options = options  # scale ... dropout_p, deterministic, backend (as in the schema)
 
 
-def _attention_backward(ctx, dout, dlse, _dout_acc):
-    q, k, v, out, lse, attn_mask, alibi_slopes, seed = ctx.saved_tensors
+def _attention_backward(ctx, dout, dlse, _dout_acc, _dlse_lo):
+    q, k, v, out, lse, lse_lo, attn_mask, alibi_slopes, seed = ctx.saved_tensors
     if dout is None:  # only the lse was used
         dout = torch.zeros(out.shape, dtype=q.dtype, device=out.device)
-    dq, dk, dv = _attention_bwd_call(dout, q, k, v, out, lse, dlse, attn_mask, alibi_slopes, seed, *ctx.options)
+    dq, dk, dv = _attention_bwd_call(dout, q, k, v, out, lse, lse_lo, dlse, attn_mask, alibi_slopes, seed,
+                                     *ctx.options)
     return (dq, dk, dv) + (None,) * 11
 
 

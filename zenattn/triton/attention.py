@@ -6,8 +6,9 @@ FlashAttention-2 structure, written for zenattn's contract (see ``zenattn.attent
 - ``_attn_fwd_kernel``: one program per (query block, batch x query head). It streams the key/value
   blocks the masks can reach, keeps a running max and sum (``exp2`` of ``(s - max) * log2(e)``,
   see ``_scores`` for why log2(e) is applied after the subtraction), and writes O and the LSE
-  (float32; float64 for float64 input). Blocks wholly outside a causal/window band are never
-  visited.
+  (float32; float64 for float64 input) with ``lse_lo``, what rounding it lost (the backward's
+  ``p = exp((s - lse) - lse_lo)``, see zenattn/ops/attention.py). Blocks wholly outside a
+  causal/window band are never visited.
 - ``_attn_bwd_preprocess_kernel``: ``delta = rowsum(dO * O) - dlse``.
 - ``_attn_bwd_dkdv_kernel``: one program per (key block, batch x kv head) keeps K, V and their
   gradients on chip and loops over every query head of its GQA group and the reachable query
@@ -85,6 +86,23 @@ def _scores(qk, i, j, b, h, Nq, Nk, off, wl, wr, scale, softcap,
 
 
 @triton.jit
+def _two_sum(a, b):
+    """(hi, lo): hi = a + b rounded, hi + lo = a + b exactly (Knuth's two-sum)."""
+    hi = a + b
+    b_part = hi - a
+    return hi, (a - (hi - b_part)) + (b - b_part)
+
+
+@triton.jit
+def _load_lse(LSE, LSE_LO, offs, inside, ACC: tl.constexpr):
+    """The forward's lse and lse_lo at ``offs``; 0 for rows that attend nothing (lse -inf), where
+    the -inf scores make every p 0."""
+    lse = tl.load(LSE + offs, mask=inside, other=0.0)
+    lse_lo = tl.load(LSE_LO + offs, mask=inside, other=0.0)
+    return tl.where(lse == float("-inf"), 0.0, lse).to(ACC), lse_lo.to(ACC)
+
+
+@triton.jit
 def _key_range(m0, BLOCK_M: tl.constexpr, Nk, off, wl, wr, HAS_WL: tl.constexpr, HAS_WR: tl.constexpr):
     """[lo, hi): the keys any query of rows m0 .. m0 + BLOCK_M - 1 may attend under the window."""
     lo = 0
@@ -124,7 +142,7 @@ def _query_block_program(Nq, H, G, BLOCK_M: tl.constexpr):
 
 @triton.jit
 def _attn_fwd_kernel(
-    Q, K, V, O, LSE, MASK, SLOPES,
+    Q, K, V, O, LSE, LSE_LO, MASK, SLOPES,
     sqb, sqh, sqm, skb, skh, skn, svb, svh, svn, sob, soh, som, slb, slh, smb, smh, smi, smj, ssb, ssh,
     H, G, Nq, Nk, D, DV, TUNE_N,
     scale, softcap, off, wl, wr, seed, threshold, keep_scale,
@@ -179,8 +197,11 @@ def _attn_fwd_kernel(
     store_rounded(O + b.to(tl.int64) * sob + h.to(tl.int64) * soh,
                   rows[:, None] * som + offs_dv[None, :], out,
                   (offs_m[:, None] < Nq) & (offs_dv[None, :] < DV), ROUND_BF16)
-    lse = tl.where(empty, float("-inf"), m_i + tl.math.log2(l_safe) * LN2)
-    tl.store(LSE + b.to(tl.int64) * slb + h.to(tl.int64) * slh + rows, lse, mask=offs_m < Nq)
+    # lse + lse_lo = m + log(l), see attention_fwd (from a finite m: -inf - -inf would be NaN)
+    lse, lse_lo = _two_sum(tl.where(empty, 0.0, m_i), tl.math.log2(l_safe) * LN2)
+    stats_at = b.to(tl.int64) * slb + h.to(tl.int64) * slh + rows
+    tl.store(LSE + stats_at, tl.where(empty, float("-inf"), lse), mask=offs_m < Nq)
+    tl.store(LSE_LO + stats_at, lse_lo, mask=offs_m < Nq)
 
 
 # ---- backward -------------------------------------------------------------------------------------
@@ -202,7 +223,7 @@ def _attn_bwd_preprocess_kernel(O, DO, DLSE, DELTA, rows, DV, BLOCK_R: tl.conste
 
 @triton.jit
 def _attn_bwd_dkdv_kernel(
-    Q, K, V, DO, LSE, DELTA, DK, DV_OUT, MASK, SLOPES,
+    Q, K, V, DO, LSE, LSE_LO, DELTA, DK, DV_OUT, MASK, SLOPES,
     sqb, sqh, sqm, skb, skh, skn, svb, svh, svn, sdkb, sdkh, sdkn, sdvb, sdvh, sdvn,
     smb, smh, smi, smj, ssb, ssh,
     H, G, Nq, Nk, D, DV, TUNE_N,
@@ -249,15 +270,14 @@ def _attn_bwd_dkdv_kernel(
                         mask=in_m[:, None] & (offs_d[None, :] < D), other=0.0)          # (BLOCK_M, BLOCK_D)
             do = tl.load(DO + (row_base + rows)[:, None] * DV + offs_dv[None, :],
                          mask=in_m[:, None] & (offs_dv[None, :] < DV), other=0.0)     # (BLOCK_M, BLOCK_DV)
-            lse = tl.load(LSE + row_base + rows, mask=in_m, other=0.0)
-            lse = tl.where(lse == float("-inf"), 0.0, lse).to(ACC)  # empty rows: every p is 0
+            lse, lse_lo = _load_lse(LSE, LSE_LO, row_base + rows, in_m, ACC)
             delta = tl.load(DELTA + row_base + rows, mask=in_m, other=0.0)
             qkt = dot(k, tl.trans(q), ACC, PRECISION, ROUND_BF16)     # (BLOCK_N, BLOCK_M)
             st, tt = _scores(qkt, offs_m[None, :], offs_n[:, None], b, h, Nq, Nk, off, wl, wr, scale,
                              softcap, MASK, smb, smh, smi, smj, SLOPES, ssb, ssh,
                              HAS_MASK, MASK_BOOL, HAS_ALIBI, HAS_SOFTCAP, HAS_WL, HAS_WR)
             # p <= 1; the min keeps it so where huge scores (~1e10) round differently than in the forward
-            pt = tl.math.exp2(tl.minimum(st - lse[None, :], 0.0) * LOG2E)
+            pt = tl.math.exp2(tl.minimum((st - lse[None, :]) - lse_lo[None, :], 0.0) * LOG2E)
             dpt = dot(v, tl.trans(do), ACC, PRECISION, ROUND_BF16)   # (BLOCK_N, BLOCK_M)
             if HAS_DROPOUT:
                 keep = dropout_keep(seed, bh, offs_m[None, :], offs_n[:, None], threshold)
@@ -279,7 +299,7 @@ def _attn_bwd_dkdv_kernel(
 
 @triton.jit
 def _attn_bwd_dq_kernel(
-    Q, K, V, DO, LSE, DELTA, DQ, MASK, SLOPES,
+    Q, K, V, DO, LSE, LSE_LO, DELTA, DQ, MASK, SLOPES,
     sqb, sqh, sqm, skb, skh, skn, svb, svh, svn, sdqb, sdqh, sdqm,
     smb, smh, smi, smj, ssb, ssh,
     H, G, Nq, Nk, D, DV, TUNE_N,
@@ -302,8 +322,7 @@ def _attn_bwd_dq_kernel(
                 mask=in_m[:, None] & (offs_d[None, :] < D), other=0.0)
     do = tl.load(DO + (row_base + rows)[:, None] * DV + offs_dv[None, :],
                  mask=in_m[:, None] & (offs_dv[None, :] < DV), other=0.0)
-    lse = tl.load(LSE + row_base + rows, mask=in_m, other=0.0)
-    lse = tl.where(lse == float("-inf"), 0.0, lse).to(ACC)   # empty rows: every p is 0
+    lse, lse_lo = _load_lse(LSE, LSE_LO, row_base + rows, in_m, ACC)
     delta = tl.load(DELTA + row_base + rows, mask=in_m, other=0.0).to(ACC)
     k_base = K + b.to(tl.int64) * skb + hk.to(tl.int64) * skh
     v_base = V + b.to(tl.int64) * svb + hk.to(tl.int64) * svh
@@ -321,7 +340,7 @@ def _attn_bwd_dq_kernel(
         s, t = _scores(qk, offs_m[:, None], offs_n[None, :], b, h, Nq, Nk, off, wl, wr, scale,
                        softcap, MASK, smb, smh, smi, smj, SLOPES, ssb, ssh,
                        HAS_MASK, MASK_BOOL, HAS_ALIBI, HAS_SOFTCAP, HAS_WL, HAS_WR)
-        p = tl.math.exp2(tl.minimum(s - lse[:, None], 0.0) * LOG2E)   # p <= 1, as in the dK/dV kernel
+        p = tl.math.exp2(tl.minimum((s - lse[:, None]) - lse_lo[:, None], 0.0) * LOG2E)   # p <= 1, as in dK/dV
         dp = dot(do, tl.trans(v), ACC, PRECISION, ROUND_BF16)
         if HAS_DROPOUT:
             keep = dropout_keep(seed, bh, offs_m[:, None], offs_n[None, :], threshold)
@@ -450,17 +469,20 @@ def attention_fwd(q: Tensor, k: Tensor, v: Tensor, attn_mask: Optional[Tensor], 
     # rounding step of O), and the caller gets it rounded to q's dtype.
     half = q.dtype in (torch.float16, torch.bfloat16)
     out = new_like_q(q_in, v.shape[3], torch.float32 if half else q.dtype, "triton")
+    # lse + lse_lo = each row's max + log(sum) to twice lse's precision (zenattn/ops/attention.py).
     lse = torch.empty(B, H, Nq, dtype=stat_dtype(q.dtype), device=q.device)
+    lse_lo = torch.empty_like(lse)
     sizes, blocks = _sizes(q, k, v)
 
     def result():
-        return [out.to(q.dtype), lse, out] if half else [out, lse, out.new_empty(0)]
+        return [out.to(q.dtype), lse, out, lse_lo] if half else [out, lse, out.new_empty(0), lse_lo]
     if out.numel() == 0:
         lse.fill_(float("-inf"))
+        lse_lo.zero_()
         return result()
     mask, slopes, mask_strides, slope_strides, scalars, flags = _score_args(
         q, k, attn_mask, alibi_slopes, seed, scale, softcap, window_left, window_right, bottom_right, dropout_p)
-    args = (q, k, v, out, lse, mask, slopes, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3],
+    args = (q, k, v, out, lse, lse_lo, mask, slopes, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3],
             *out.stride()[:3], *lse.stride()[:2], *mask_strides, *slope_strides, *sizes, *scalars)
     _launch(_attn_fwd_kernel, _FWD_TUNED, lambda BLOCK_M, BLOCK_N: B * H * cdiv(Nq, BLOCK_M), args,
             dict(**flags, **blocks))
@@ -468,7 +490,8 @@ def attention_fwd(q: Tensor, k: Tensor, v: Tensor, attn_mask: Optional[Tensor], 
 
 
 @serialized_in_interpreter
-def attention_bwd(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, dlse: Optional[Tensor],
+def attention_bwd(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, lse_lo: Tensor,
+                  dlse: Optional[Tensor],
                   attn_mask: Optional[Tensor], alibi_slopes: Optional[Tensor], seed: Optional[Tensor], scale: float,
                   softcap: float, window_left: int, window_right: int, bottom_right: bool,
                   dropout_p: float) -> list[Tensor]:
@@ -481,7 +504,7 @@ def attention_bwd(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, ls
     dv = torch.empty(v.shape, dtype=v.dtype, device=v.device)
     if B * H * Nq == 0 or Nk == 0:  # nothing attends anything: every gradient is 0
         return [dq.zero_(), dk.zero_(), dv.zero_()]
-    dout, out, lse = dout.contiguous(), out.contiguous(), lse.contiguous()
+    dout, out, lse, lse_lo = dout.contiguous(), out.contiguous(), lse.contiguous(), lse_lo.contiguous()
     delta = torch.empty(B, H, Nq, dtype=stat_dtype(q.dtype), device=q.device)
     rows = B * H * Nq
     block_dv = _head_dim_block(DV)
@@ -497,8 +520,8 @@ def attention_bwd(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, ls
     qkv_strides = (*q.stride()[:3], *k.stride()[:3], *v.stride()[:3])
     tail = (*mask_strides, *slope_strides, *sizes, *scalars)
     _launch(_attn_bwd_dkdv_kernel, _DKDV_TUNED, lambda BLOCK_M, BLOCK_N: B * Hk * cdiv(Nk, BLOCK_N),
-            (q, k, v, dout, lse, delta, dk, dv, mask, slopes, *qkv_strides, *dk.stride()[:3], *dv.stride()[:3],
+            (q, k, v, dout, lse, lse_lo, delta, dk, dv, mask, slopes, *qkv_strides, *dk.stride()[:3], *dv.stride()[:3],
              *tail), meta)
     _launch(_attn_bwd_dq_kernel, _DQ_TUNED, lambda BLOCK_M, BLOCK_N: B * H * cdiv(Nq, BLOCK_M),
-            (q, k, v, dout, lse, delta, dq, mask, slopes, *qkv_strides, *dq.stride()[:3], *tail), meta)
+            (q, k, v, dout, lse, lse_lo, delta, dq, mask, slopes, *qkv_strides, *dq.stride()[:3], *tail), meta)
     return [dq, dk, dv]
