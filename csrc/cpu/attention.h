@@ -173,10 +173,8 @@ inline bool heads_inner(const at::Tensor& q) {
 //   attention_fwd -> {out (B, Hq, Nq, Dv) in q's dtype, lse (B, Hq, Nq) float32 (float64 for float64),
 //                     out_acc (float32 out for float16/bfloat16 inputs, else 0 elements), lse_lo like lse}
 //   attention_bwd -> {dq, dk, dv} shaped and typed like q, k, v
-// lse + lse_lo is the row's max + log(sum) to twice lse's precision: the backward's P = exp((S - lse)
-// - lse_lo) is then the forward's softmax to rounding. exp(S - lse) alone is off by the rounding of
-// lse, up to half an ulp of |lse| (2e-6 at |lse| ~ 32 in float32) for every P of the row alike, an
-// error that adds up in dV = P^T dO where torch's explicit softmax has none.
+// lse + lse_lo is the row's max + log(sum) to twice lse's precision, so that the backward's
+// P = exp((S - lse) - lse_lo) is the forward's softmax (why it matters: zenattn/ops/attention.py).
 // out and dq are laid out (B, Nq, Hq, X) in memory where heads_inner(q), else contiguous; dk and
 // dv are contiguous.
 std::vector<at::Tensor> attention_fwd(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
